@@ -1,0 +1,68 @@
+"""Per-example attack objectives: the quantity PGD ascends, as a function of logits.
+
+Every objective maps ``(logits [N, C], y [N], ref_logits, params) -> loss [N]``; the engine sums
+over the batch, so each example gets the gradient of its own term (with batch norm in eval mode).
+Computed in float32 even when the forward ran under autocast.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from advrw.errors import AdvrwError
+
+
+def prob_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``p_y - max_{k != y} p_k`` with ``p = softmax(logits)``: > 0 iff the example is correct."""
+    p = logits.float().softmax(dim=1)
+    p_true = p.gather(1, y[:, None]).squeeze(1)
+    p_other = p.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return p_true - p_other
+
+
+def ce(logits, y, ref_logits=None, **_):
+    return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+def kl(logits, y, ref_logits=None, **_):
+    """TRADES: ``KL(p(x) || p(x'))`` per example; ``ref_logits`` are the natural logits."""
+    if ref_logits is None:
+        raise AdvrwError("attack objective 'kl' needs the natural logits (ref_logits); got None")
+    log_p_adv = F.log_softmax(logits.float(), dim=1)
+    p_nat = F.softmax(ref_logits.float(), dim=1)
+    return F.kl_div(log_p_adv, p_nat, reduction="none").sum(dim=1)
+
+
+def cw(logits, y, ref_logits=None, **_):
+    """CW-inf margin loss on logits: ``max_{k != y} z_k - z_y`` (positive once misclassified)."""
+    z = logits.float()
+    z_true = z.gather(1, y[:, None]).squeeze(1)
+    z_other = z.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return z_other - z_true
+
+
+def weighted_ce(logits, y, ref_logits=None, *, alpha: float = 1.0, **_):
+    """Zeng et al. Algorithm 1: ``exp(-alpha * margin(x')) * CE(f(x'), y)``, gradient through both."""
+    return torch.exp(-alpha * prob_margin(logits, y)) * ce(logits, y)
+
+
+def weighted_kl(logits, y, ref_logits=None, *, alpha: float = 1.0, **_):
+    """Zeng's weighting applied to TRADES' attack: ``exp(-alpha * margin(x')) * KL(p(x) || p(x'))``."""
+    return torch.exp(-alpha * prob_margin(logits, y)) * kl(logits, y, ref_logits)
+
+
+def scaled_ce(logits, y, ref_logits=None, *, scale: float = 10.0, **_):
+    """Logit-scaling attack (EWAT): ``CE(a * z, y)``; ``scale = 1`` is plain CE."""
+    return F.cross_entropy(scale * logits.float(), y, reduction="none")
+
+
+OBJECTIVES = {"ce": ce, "kl": kl, "cw": cw, "weighted_ce": weighted_ce,
+              "weighted_kl": weighted_kl, "scaled_ce": scaled_ce}
+
+
+def get_objective(name: str):
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise AdvrwError(f"attack objective {name!r} is unknown: choose one of {', '.join(OBJECTIVES)}") from None

@@ -1,0 +1,85 @@
+"""AT, TRADES and MART losses with a per-example weight on the robust term (SPEC sections 1, 3).
+
+``defense_loss(name, z_nat, z_adv, y, w, ...)`` returns ``(loss, parts)``. The weight multiplies
+the robust term -- AT: CE on x'; TRADES: the KL term; MART: the BCE term -- as ``w`` with
+``combine='multiply'`` or as EWAT's additive form with ``combine='add'``: ``(1 + w)`` on CE/BCE
+and ``(beta_trades + w)`` on TRADES' KL. ``w = 1`` with ``multiply`` is the unweighted defense.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from advrw.errors import AdvrwError
+
+DEFENSES = ("at", "trades", "mart")
+# Which defenses need the natural logits in their loss (so the trainer runs a clean forward).
+NEEDS_NATURAL = {"at": False, "trades": True, "mart": True}
+
+
+def kl_per_example(z_nat: torch.Tensor, z_adv: torch.Tensor, detach_nat: bool = False,
+                   eps: float = 0.0) -> torch.Tensor:
+    """``KL(p(x) || p(x'))`` per example. ``eps`` inside the log as MART's code (1e-12)."""
+    p_nat = F.softmax(z_nat.float(), dim=1)
+    if detach_nat:
+        p_nat = p_nat.detach()
+    if eps:
+        log_p_adv = torch.log(F.softmax(z_adv.float(), dim=1) + eps)
+    else:
+        log_p_adv = F.log_softmax(z_adv.float(), dim=1)
+    return F.kl_div(log_p_adv, p_nat, reduction="none").sum(dim=1)
+
+
+def mart_bce(z_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """MART's boosted CE: ``CE(f(x'), y) - log(1.0001 - max_{k != y} p_k(x'))`` per example."""
+    p_adv = F.softmax(z_adv.float(), dim=1)
+    p_other = p_adv.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return F.cross_entropy(z_adv.float(), y, reduction="none") - torch.log(1.0001 - p_other + 1e-12)
+
+
+def _coef(w: torch.Tensor, base: float, combine: str) -> torch.Tensor:
+    if combine == "multiply":
+        return base * w
+    if combine == "add":  # EWAT: unweighted coefficient plus the weight
+        return base + w
+    raise AdvrwError(f"weighting.combine={combine!r} is unknown: choose one of multiply, add")
+
+
+def at_loss(z_nat, z_adv, y, w, *, combine: str = "multiply", **_):
+    """Madry AT: ``mean_i w_i CE(f(x'_i), y_i)``."""
+    robust = F.cross_entropy(z_adv.float(), y, reduction="none")
+    loss = (_coef(w, 1.0, combine) * robust).mean()
+    return loss, {"robust": robust.mean().detach()}
+
+
+def trades_loss(z_nat, z_adv, y, w, *, beta_trades: float = 6.0, combine: str = "multiply",
+                detach_nat: bool = False, **_):
+    """TRADES: ``mean CE(f(x), y) + beta * mean_i w_i KL(p(x_i) || p(x'_i))``."""
+    natural = F.cross_entropy(z_nat.float(), y)
+    robust = kl_per_example(z_nat, z_adv, detach_nat)
+    loss = natural + (_coef(w, beta_trades, combine) * robust).mean()
+    return loss, {"natural": natural.detach(), "robust": robust.mean().detach()}
+
+
+def mart_loss(z_nat, z_adv, y, w, *, lambda_mart: float = 5.0, combine: str = "multiply",
+              detach_nat: bool = False, **_):
+    """MART: ``mean_i w_i BCE_i + lambda * mean_i KL(p(x_i) || p(x'_i)) (1 - p_y(x_i))``."""
+    bce = mart_bce(z_adv, y)
+    p_true = F.softmax(z_nat.float(), dim=1).gather(1, y[:, None]).squeeze(1)
+    kl = kl_per_example(z_nat, z_adv, detach_nat, eps=1e-12) * (1.0000001 - p_true)
+    loss = (_coef(w, 1.0, combine) * bce).mean() + lambda_mart * kl.mean()
+    return loss, {"robust": bce.mean().detach(), "kl": kl.mean().detach()}
+
+
+_LOSSES = {"at": at_loss, "trades": trades_loss, "mart": mart_loss}
+
+
+def defense_loss(name: str, z_nat, z_adv, y, w, **kwargs):
+    try:
+        fn = _LOSSES[name]
+    except KeyError:
+        raise AdvrwError(f"defense={name!r} is unknown: choose one of {', '.join(DEFENSES)}") from None
+    if NEEDS_NATURAL[name] and z_nat is None:
+        raise AdvrwError(f"defense={name} needs the natural logits, got None")
+    return fn(z_nat, z_adv, y, w, **kwargs)

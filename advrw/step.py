@@ -1,0 +1,87 @@
+"""One adversarial training step: attack -> forwards -> weights -> weighted defense loss.
+
+The step takes a plain ``StepSpec`` (built once from the config) so it knows nothing of Hydra.
+It returns device tensors only -- no ``.item()`` -- so the loop decides when to sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from advrw.attacks import pgd
+from advrw.defenses import NEEDS_NATURAL as DEFENSE_NEEDS_NATURAL
+from advrw.defenses import defense_loss
+from advrw.weighting import compute_weights, needs_natural
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    defense: str = "at"
+    defense_kwargs: dict = field(default_factory=dict)  # beta_trades, lambda_mart, detach_nat
+    scheme: str = "none"
+    scheme_hparams: dict = field(default_factory=dict)
+    detach: bool = True
+    combine: str = "multiply"
+    eps: float = 8 / 255
+    step: float = 2 / 255
+    steps: int = 10
+    init: str = "uniform"
+    bn_mode: str = "eval"
+    weighted_attack: bool = False
+    attack_alpha: float = 1.0
+    amp_dtype: torch.dtype | None = None
+
+    @property
+    def objective(self) -> str:
+        """TRADES ascends the KL to the natural prediction; AT and MART ascend CE (SPEC 1)."""
+        base = "kl" if self.defense == "trades" else "ce"
+        return f"weighted_{base}" if self.weighted_attack else base
+
+
+def _forward(model, x, amp_dtype):
+    with torch.autocast(x.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        return model(x)
+
+
+def adversarial_examples(model, x, y, spec: StepSpec, generator=None):
+    """The training attack; returns ``(x_adv, kappa)`` (kappa only for GAIRAT)."""
+    ref = None
+    if spec.defense == "trades":
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            was_training = model.training
+            model.train(spec.bn_mode == "train")
+            ref = _forward(model, x, spec.amp_dtype).float()
+            model.train(was_training)
+    res = pgd(model, x, y, eps=spec.eps, step=spec.step, steps=spec.steps, init=spec.init,
+              objective=spec.objective, ref_logits=ref, alpha=spec.attack_alpha, bn_mode=spec.bn_mode,
+              track_kappa=spec.scheme == "gairat", generator=generator, amp_dtype=spec.amp_dtype)
+    return res.x_adv, res.kappa
+
+
+def train_step(model, optimizer, x, y, spec: StepSpec, *, burn_in: bool = False, generator=None) -> dict:
+    """One optimiser step. Returns detached device tensors: loss, weights, per-batch corrects."""
+    x_adv, kappa = adversarial_examples(model, x, y, spec, generator)
+    model.train()
+    z_nat = None
+    if DEFENSE_NEEDS_NATURAL[spec.defense]:
+        z_nat = _forward(model, x, spec.amp_dtype)
+    elif needs_natural(spec.scheme, spec.scheme_hparams) and not burn_in:
+        with torch.no_grad():  # a scheme reads p(x) that the AT loss itself does not need
+            z_nat = _forward(model, x, spec.amp_dtype)
+    z_adv = _forward(model, x_adv, spec.amp_dtype)
+    w = compute_weights(spec.scheme, z_nat, z_adv, y, kappa, detach=spec.detach, burn_in=burn_in,
+                        **spec.scheme_hparams)
+    # During burn-in every scheme trains the plain defense (w = 1, multiplied).
+    combine = "multiply" if burn_in else spec.combine
+    loss, parts = defense_loss(spec.defense, z_nat, z_adv, y, w, combine=combine, **spec.defense_kwargs)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    out = {"loss": loss.detach(), "w": w.detach().float(),
+           "correct_adv": (z_adv.argmax(1) == y).sum()}
+    if z_nat is not None:
+        out["correct_nat"] = (z_nat.argmax(1) == y).sum()
+    out.update({f"loss_{k}": v for k, v in parts.items()})
+    return out
