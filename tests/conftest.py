@@ -1,0 +1,48 @@
+"""Shared fixtures: run the real CLI in a subprocess, compose real configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CIFAR_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def cli(module: str, *args: str, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m advrw.<module> args...`` with W&B disabled and a private data cache."""
+    full_env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0",
+                "ADVRW_CACHE": str(cwd / ".cache"), **(env or {})}
+    return subprocess.run([sys.executable, "-m", f"advrw.{module}", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    def _run(module, *args, **kw):
+        return cli(module, *args, cwd=tmp_path, **kw)
+    return _run
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One real tiny training run through the CLI (smoke preset + a val split), shared by eval tests."""
+    cwd = tmp_path_factory.mktemp("trained")
+    run_dir = cwd / "run"
+    ok(cli("train", "experiment=smoke", "weighting=vir", f"hydra.run.dir={run_dir}", "schedule.epochs=4",
+           "schedule.lr=0.2", "schedule.milestones=[3]", "dataset.n_train=512", cwd=cwd))
+    return run_dir
