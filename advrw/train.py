@@ -28,9 +28,11 @@ from advrw.step import StepSpec, train_step
 
 log = logging.getLogger("advrw.train")
 
-# Keys a resumed run may change; anything else must match the checkpoint.
-RESUME_MUTABLE = ("resume", "schedule.epochs", "logger", "eval", "device", "progress", "checkpoint_every",
-                  "stop_after", "dataset.root", "dataset.download", "dataset.cache_dir")
+# Settings of this invocation, not of the run: a resumed run takes them from the new command line.
+INVOCATION_KEYS = ("resume", "stop_after", "device", "progress", "checkpoint_every")
+# Keys a resumed run may change by override; anything else must match the checkpoint.
+RESUME_MUTABLE = INVOCATION_KEYS + ("schedule.epochs", "logger", "eval", "dataset.root", "dataset.download",
+                                    "dataset.cache_dir")
 
 
 def step_spec(cfg: DictConfig) -> StepSpec:
@@ -113,7 +115,8 @@ def _resume_config(cfg: DictConfig, saved: dict) -> DictConfig:
         elif OmegaConf.select(saved_cfg, key) != OmegaConf.select(cfg, key):
             raise AdvrwError(f"resume: {key}={value} does not match the checkpoint's {key}="
                              f"{OmegaConf.select(saved_cfg, key)}; a resumed run keeps its config")
-    saved_cfg.resume = cfg.resume
+    for key in INVOCATION_KEYS:
+        saved_cfg[key] = cfg[key]
     return saved_cfg
 
 

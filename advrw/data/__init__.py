@@ -1,0 +1,22 @@
+"""Data sets as uint8 tensors on the training device, and batching/augmentation without a DataLoader.
+
+- :func:`build_data` (``build.py``): ``dataset.*`` config -> :class:`DataBundle`.
+- ``sources.py``: torchvision sets (MNIST, CIFAR-10/100, SVHN), ``.npz``, synthetic data.
+- ``archive.py``: ImageFolder / Tiny ImageNet from a folder or ``.tar.gz``/``.tgz``/``.tar``/``.zip``, cached.
+- ``batches.py``: :class:`DeviceBatches` and :func:`crop_flip`.
+"""
+
+from advrw.data.batches import DeviceBatches, crop_flip
+from advrw.data.build import DATASET_NAMES, DEFAULT_AUGMENT, STATS, build_data
+from advrw.data.bundle import DataBundle, channel_stats
+
+__all__ = [
+    "DATASET_NAMES",
+    "DEFAULT_AUGMENT",
+    "STATS",
+    "DataBundle",
+    "DeviceBatches",
+    "build_data",
+    "channel_stats",
+    "crop_flip",
+]
