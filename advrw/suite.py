@@ -21,7 +21,7 @@ from advrw.config import as_list
 
 log = logging.getLogger(__name__)
 
-ATTACK_KINDS = ("fgsm", "pgd", "autoattack", "square", "spsa")
+ATTACK_KINDS = ("fgsm", "pgd", "autoattack", "square", "spsa", "fmn")
 
 
 @dataclass
@@ -83,7 +83,7 @@ def white_box(model, x, y, spec, eps, *, batch_size, seed, only=None, desc="atta
 
 
 def black_box(model, x, y, spec, eps, *, batch_size, seed, only, desc, progress=True):
-    """AutoAttack / Square / SPSA through the maintained libraries (``advrw.attacks.external``)."""
+    """AutoAttack / Square / SPSA / FMN through the maintained libraries (``advrw.attacks.external``)."""
     from advrw.attacks import external
 
     kind = spec["kind"]
@@ -101,10 +101,15 @@ def black_box(model, x, y, spec, eps, *, batch_size, seed, only, desc, progress=
     elif kind == "square":
         res = external.run_square(model, x[idx], y[idx], eps=eps, n_queries=int(spec.get("n_queries", 5000)),
                                   p_init=float(spec.get("p_init", 0.8)), seed=seed, batch_size=batch_size)
-    else:
+    elif kind == "spsa":  # each image costs nb_sample forwards per iteration: small batches
         res = external.run_spsa(model, x[idx], y[idx], eps=eps, delta=float(spec.get("delta", 0.001)),
                                 lr=float(spec.get("lr", 0.01)), nb_iter=int(spec.get("nb_iter", 100)),
-                                nb_sample=int(spec.get("nb_sample", 256)), max_batch_size=batch_size, seed=seed)
+                                nb_sample=int(spec.get("nb_sample", 256)),
+                                max_batch_size=int(spec.get("max_batch_size", 64)),
+                                batch_size=int(spec.get("batch_size", 32)), seed=seed)
+    else:
+        res = external.run_fmn(model, x[idx], y[idx], eps=eps, steps=int(spec.get("steps", 100)),
+                               batch_size=batch_size, seed=seed)
     if len(idx):
         logits[idx] = predict(model, res.x_adv, batch_size)
         robust[idx] = res.robust
