@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from advrw.attacks import pgd
+from advrw.attacks import model_mode, pgd
 from advrw.defenses import NEEDS_NATURAL as DEFENSE_NEEDS_NATURAL
 from advrw.defenses import defense_loss
 from advrw.weighting import compute_weights, needs_natural
@@ -49,11 +49,8 @@ def adversarial_examples(model, x, y, spec: StepSpec, generator=None):
     """The training attack; returns ``(x_adv, kappa)`` (kappa only for GAIRAT)."""
     ref = None
     if spec.defense == "trades":
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            was_training = model.training
-            model.train(spec.bn_mode == "train")
+        with torch.no_grad(), model_mode(model, spec.bn_mode == "train"):
             ref = _forward(model, x, spec.amp_dtype).float()
-            model.train(was_training)
     res = pgd(model, x, y, eps=spec.eps, step=spec.step, steps=spec.steps, init=spec.init,
               objective=spec.objective, ref_logits=ref, alpha=spec.attack_alpha, bn_mode=spec.bn_mode,
               track_kappa=spec.scheme == "gairat", generator=generator, amp_dtype=spec.amp_dtype)
@@ -71,8 +68,10 @@ def train_step(model, optimizer, x, y, spec: StepSpec, *, burn_in: bool = False,
         with torch.no_grad():  # a scheme reads p(x) that the AT loss itself does not need
             z_nat = _forward(model, x, spec.amp_dtype)
     z_adv = _forward(model, x_adv, spec.amp_dtype)
-    w = compute_weights(spec.scheme, z_nat, z_adv, y, kappa, detach=spec.detach, burn_in=burn_in,
-                        **spec.scheme_hparams)
+    hparams = spec.scheme_hparams
+    if spec.scheme == "gairat":  # kappa counts this attack's iterates: K is its step count
+        hparams = {**hparams, "steps": spec.steps}
+    w = compute_weights(spec.scheme, z_nat, z_adv, y, kappa, detach=spec.detach, burn_in=burn_in, **hparams)
     # During burn-in every scheme trains the plain defense (w = 1, multiplied).
     combine = "multiply" if burn_in else spec.combine
     loss, parts = defense_loss(spec.defense, z_nat, z_adv, y, w, combine=combine, **spec.defense_kwargs)

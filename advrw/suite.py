@@ -130,6 +130,11 @@ def _class_report(pred, y, num_classes):
             "confusion": metrics.confusion_matrix(pred, y, num_classes).tolist()}
 
 
+def _key(value) -> str:
+    """JSON keys for alpha_test / rho: ``1`` and ``1.0`` from the command line are the same."""
+    return str(float(value))
+
+
 def nonuniform_report(model, x, y, base_logits, spec, eps, alphas, rhos, *, batch_size, seed, progress):
     """Zeng et al.: A_rob, and per alpha_test A_sa (unweighted PGD) and A_tr (weighted PGD)."""
     out = {"attack": _pgd_protocol("nonuniform", spec, eps, len(x), seed),
@@ -138,7 +143,7 @@ def nonuniform_report(model, x, y, base_logits, spec, eps, alphas, rhos, *, batc
         weighted = dict(spec, objective="weighted_ce", alpha=float(a), kind="pgd")
         tr = white_box(model, x, y, weighted, eps, batch_size=batch_size, seed=seed,
                        desc=f"weighted PGD a={a}", progress=progress)
-        out["alpha_test"][str(a)] = {
+        out["alpha_test"][_key(a)] = {
             "A_sa": metrics.nonuniform_accuracy(base_logits, y, float(a)),
             "A_tr": metrics.nonuniform_accuracy(tr.logits, y, float(a)),
             "weighted_attack": tr.protocol,
@@ -147,7 +152,7 @@ def nonuniform_report(model, x, y, base_logits, spec, eps, alphas, rhos, *, batc
     losses = torch.nn.functional.cross_entropy(base_logits, y, reduction="none")
     correct = base_logits.argmax(1) == y
     for r in rhos:
-        out["dro"][str(r)] = metrics.chi2_dro(losses, correct, float(r))
+        out["dro"][_key(r)] = metrics.chi2_dro(losses, correct, float(r))
     return out
 
 

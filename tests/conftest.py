@@ -46,3 +46,14 @@ def trained_run(tmp_path_factory):
     ok(cli("train", "experiment=smoke", "weighting=vir", f"hydra.run.dir={run_dir}", "schedule.epochs=4",
            "schedule.lr=0.2", "schedule.milestones=[3]", "dataset.n_train=512", cwd=cwd))
     return run_dir
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Two busy-waiting torch threads on a shared 2-core box slow small tensors by 10-50x."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

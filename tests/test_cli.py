@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import ok, results
+from conftest import CIFAR_JPEG, ok, results
 
 
 def test_train_run_writes_records(run_cli, tmp_path):
@@ -141,3 +141,27 @@ def test_resume_errors(run_cli, tmp_path):
     ok(run_cli("train", "experiment=smoke", "stop_after=1", f"hydra.run.dir={tmp_path / 'part'}"))
     proc = run_cli("train", f"resume={tmp_path / 'part'}", "model=resnet18", f"hydra.run.dir={tmp_path / 'r3'}")
     assert proc.returncode == 2 and "does not match the checkpoint" in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif(not CIFAR_JPEG.is_file(), reason="the shared CIFAR-10 JPEG archive is not beside this checkout")
+def test_short_run_on_real_cifar10_jpeg(run_cli, tmp_path):
+    run_dir = tmp_path / "cifar"
+    ok(run_cli("train", "experiment=smoke", "dataset=imagefolder", f"dataset.root={CIFAR_JPEG}",
+               "dataset.n_train=2048", "dataset.val_size=256", "dataset.n_test=256", "weighting=none",
+               "schedule.epochs=2", "schedule.batch_size=128", "schedule.lr=0.1", "schedule.milestones=[2]",
+               f"hydra.run.dir={run_dir}"))
+    res = results(run_dir)
+    assert res["protocol"]["dataset"] == "imagefolder" and res["protocol"]["n_eval"] == 256
+    assert res["attacks"]["pgd20"]["protocol"]["eps"] == pytest.approx(8 / 255)
+    assert res["attacks"]["pgd20"]["robust_accuracy"] <= res["clean"]["accuracy"]
+    epochs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs[1]["train_loss"] < epochs[0]["train_loss"]  # it learns from the real images
+
+
+def test_wandb_offline_run_is_recorded(run_cli, tmp_path):
+    run_dir = tmp_path / "wb"
+    ok(run_cli("train", "experiment=smoke", "logger=wandb", "eval.n_eval=16", f"hydra.run.dir={run_dir}",
+               env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"}))
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert (run_dir / "results.json").exists()

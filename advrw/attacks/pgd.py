@@ -96,7 +96,8 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     ``weighted_ce`` with ``alpha``, ``scaled_ce`` with ``scale``). The model runs in ``bn_mode``
     during the attack and every module's mode is restored afterwards. With ``restarts > 1`` each
     new restart attacks only the examples no earlier restart has fooled (AutoAttack's cascade),
-    and per example the fooling / highest-loss iterate is kept.
+    and per example the final point of the first restart that fools it is kept (else the
+    restart whose final point has the highest loss).
     """
     check_budget(eps, step, steps, init, bn_mode)
     if restarts < 1:

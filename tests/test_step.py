@@ -1,0 +1,214 @@
+"""Tests for advrw.step: one adversarial training step for every defense x weighting scheme."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from advrw.attacks import pgd
+from advrw.defenses import defense_loss
+from advrw.step import StepSpec, adversarial_examples, train_step
+from advrw.weighting import compute_weights, gairat
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add overhead and spin under a busy 2-core machine
+    (this file went from 2 s to 37 s); restore the caller's setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+C = 3
+N = 6
+DEFENSES = ["at", "trades", "mart"]
+SCHEMES = ["none", "gairat", "mail", "vir", "ewat", "margin_exp"]
+STEPS = 2
+
+
+class TinyBN(nn.Module):
+    """conv(3->4, s2)-BN-ReLU-flatten-linear(4*3*3 -> C) on 3x6x6 inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 3 * 3, C)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def setup(seed=0):
+    torch.manual_seed(seed)
+    model = TinyBN()
+    g = torch.Generator().manual_seed(seed + 100)
+    x = torch.rand(N, 3, 6, 6, generator=g)
+    y = torch.randint(0, C, (N,), generator=g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return model, opt, x, y
+
+
+def spec_for(defense, scheme, **over):
+    hp = {"gairat": {"steps": STEPS, "lam": -1.0}, "margin_exp": {"alpha": 1.0},
+          "mail": {"gamma": 2.0, "beta": 0.0}, "vir": {}}.get(scheme, {})
+    kw = dict(defense=defense, scheme=scheme, scheme_hparams=hp, eps=0.05, step=0.02, steps=STEPS,
+              init="uniform", detach=scheme != "margin_exp", combine="add" if scheme == "ewat" else "multiply",
+              weighted_attack=scheme == "margin_exp",
+              defense_kwargs={"trades": {"beta_trades": 6.0}, "mart": {"lambda_mart": 5.0}}.get(defense, {}))
+    kw.update(over)
+    return StepSpec(**kw)
+
+
+def params_of(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("defense", DEFENSES)
+def test_train_step_runs_every_combination(defense, scheme):
+    model, opt, x, y = setup()
+    before = params_of(model)
+    out = train_step(model, opt, x, y, spec_for(defense, scheme), generator=torch.Generator().manual_seed(1))
+    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+    assert not out["loss"].requires_grad
+    assert out["w"].shape == (N,) and out["w"].dtype == torch.float32
+    assert torch.isfinite(out["w"]).all() and (out["w"] >= 0).all()
+    assert not out["w"].requires_grad
+    after = params_of(model)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    assert 0 <= out["correct_adv"].item() <= N
+    if defense in ("trades", "mart"):
+        assert 0 <= out["correct_nat"].item() <= N
+    assert model.training
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("defense", DEFENSES)
+def test_burn_in_gives_exact_ones(defense, scheme):
+    model, opt, x, y = setup()
+    out = train_step(model, opt, x, y, spec_for(defense, scheme), burn_in=True,
+                     generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out["w"], torch.ones(N))
+    assert torch.isfinite(out["loss"])
+
+
+def test_burn_in_trains_the_plain_defense():
+    # EWAT's additive form during burn-in falls back to w = 1 multiplied: the step is the plain
+    # defense, identical to scheme 'none'.
+    outs = []
+    for scheme, combine in (("ewat", "add"), ("none", "multiply")):
+        model, opt, x, y = setup()
+        out = train_step(model, opt, x, y, spec_for("trades", scheme, combine=combine), burn_in=True,
+                         generator=torch.Generator().manual_seed(1))
+        outs.append((out["loss"], params_of(model)))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b)
+
+
+def test_gairat_gets_kappa_from_the_attack():
+    model, opt, x, y = setup(seed=2)
+    spec = spec_for("at", "gairat", steps=4, step=0.02, eps=0.08, scheme_hparams={"steps": 4, "lam": -1.0})
+    twin = copy.deepcopy(model)
+    _, kappa = adversarial_examples(twin, x, y, spec, generator=torch.Generator().manual_seed(9))
+    assert kappa is not None and kappa.dtype == torch.long
+    assert ((kappa >= 0) & (kappa <= 4)).all()
+    out = train_step(model, opt, x, y, spec, generator=torch.Generator().manual_seed(9))
+    expected = gairat(None, None, y, kappa, lam=-1.0, steps=4)
+    torch.testing.assert_close(out["w"], expected)
+
+
+def test_gairat_weights_not_all_equal_on_mixed_batch():
+    # A model that gets some examples right and some wrong gives different kappa, hence weights.
+    model, opt, x, y = setup(seed=2)
+    with torch.no_grad():
+        model.eval()
+        pred = model(x).argmax(1)
+        model.train()
+    y = pred.clone()
+    y[: N // 2] = (pred[: N // 2] + 1) % C  # first half wrong from the start (kappa 0 likely)
+    spec = spec_for("at", "gairat", eps=0.01, step=0.005, steps=4, scheme_hparams={"steps": 4})
+    out = train_step(model, opt, x, y, spec, generator=torch.Generator().manual_seed(3))
+    assert out["w"].max() > out["w"].min() + 1e-3
+    torch.testing.assert_close(out["w"].mean(), torch.tensor(1.0))
+
+
+def test_non_gairat_has_no_kappa():
+    model, _, x, y = setup()
+    _, kappa = adversarial_examples(model, x, y, spec_for("at", "mail"), generator=torch.Generator().manual_seed(0))
+    assert kappa is None
+
+
+@pytest.mark.parametrize("defense,scheme", [("at", "mail"), ("trades", "vir"), ("mart", "gairat"),
+                                            ("at", "margin_exp"), ("trades", "ewat")])
+def test_step_loss_matches_recomputation(defense, scheme):
+    """The reported loss is the weighted defense loss of the same attack, recomputed by hand."""
+    model, opt, x, y = setup(seed=4)
+    spec = spec_for(defense, scheme)
+    twin = copy.deepcopy(model)
+    x_adv, kappa = adversarial_examples(twin, x, y, spec, generator=torch.Generator().manual_seed(5))
+    twin.train()
+    z_nat = twin(x)
+    z_adv = twin(x_adv)
+    w = compute_weights(scheme, z_nat, z_adv, y, kappa, detach=spec.detach, **spec.scheme_hparams)
+    expected, _ = defense_loss(defense, z_nat, z_adv, y, w, combine=spec.combine, **spec.defense_kwargs)
+    out = train_step(model, opt, x, y, spec, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(out["loss"], expected.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["w"], w.detach().float(), rtol=1e-5, atol=1e-6)
+
+
+def test_trades_attack_uses_kl_to_natural_prediction():
+    model, _, x, y = setup(seed=6)
+    model.train()
+    spec = spec_for("trades", "none", init="normal")
+    x_adv, _ = adversarial_examples(model, x, y, spec, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        model.eval()
+        ref = model(x)
+        model.train()
+    expected = pgd(model, x, y, eps=spec.eps, step=spec.step, steps=spec.steps, init="normal", objective="kl",
+                   ref_logits=ref, generator=torch.Generator().manual_seed(2)).x_adv
+    torch.testing.assert_close(x_adv, expected)
+    assert (x_adv - x).abs().max() <= spec.eps + 1e-6
+
+
+@pytest.mark.parametrize("defense,scheme", [("at", "none"), ("trades", "vir"), ("mart", "margin_exp"),
+                                            ("at", "gairat"), ("trades", "ewat")])
+def test_bf16_autocast_step(defense, scheme):
+    model, opt, x, y = setup()
+    before = params_of(model)
+    out = train_step(model, opt, x, y, spec_for(defense, scheme, amp_dtype=torch.bfloat16),
+                     generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(out["loss"])
+    assert out["w"].shape == (N,) and torch.isfinite(out["w"]).all()
+    assert any(not torch.equal(a, b) for a, b in zip(before, params_of(model)))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.parametrize("defense,weighted,expected", [
+    ("at", False, "ce"), ("mart", False, "ce"), ("trades", False, "kl"),
+    ("at", True, "weighted_ce"), ("mart", True, "weighted_ce"), ("trades", True, "weighted_kl"),
+])
+def test_attack_objective_property(defense, weighted, expected):
+    assert StepSpec(defense=defense, weighted_attack=weighted).objective == expected
+
+
+def test_stepspec_defaults():
+    s = StepSpec()
+    assert (s.defense, s.scheme, s.detach, s.combine, s.steps, s.bn_mode) == ("at", "none", True, "multiply", 10, "eval")
+    assert abs(s.eps - 8 / 255) < 1e-12 and abs(s.step - 2 / 255) < 1e-12
+
+
+def test_at_with_natural_reading_scheme():
+    # AT + VIR needs p(x) for the weights only (an extra no-grad clean forward): the step runs and
+    # the weights carry S_v * S_d on top of beta.
+    model, opt, x, y = setup()
+    out = train_step(model, opt, x, y, spec_for("at", "vir"), generator=torch.Generator().manual_seed(1))
+    assert 0 <= out["correct_nat"].item() <= N
+    assert (out["w"] > 0.007).all()
+    assert not torch.allclose(out["w"], torch.full((N,), 0.007))
