@@ -118,6 +118,11 @@ def validate_train(cfg: DictConfig) -> None:
         raise AdvrwError(f"weighting.combine={cfg.weighting.combine!r} is unknown: choose one of {', '.join(COMBINES)}")
     a = cfg.attack
     check_budget(a.eps, a.step, a.steps, a.init, a.bn_mode, prefix="attack")
+    losses = ("auto", "ce", "kl", "cw", "scaled_ce")
+    if a.get("loss", "auto") not in losses:
+        raise AdvrwError(f"attack.loss={a.loss!r} is unknown: choose one of {', '.join(losses)}")
+    if a.weighted and a.get("loss", "auto") not in ("auto", "ce", "kl"):
+        raise AdvrwError(f"attack.loss={a.loss} cannot be combined with attack.weighted=true: choose auto, ce or kl")
     if a.weighted and a.alpha < 0:
         raise AdvrwError(f"attack.alpha={a.alpha} is invalid: must be >= 0")
     s = cfg.schedule

@@ -6,6 +6,7 @@ It returns device tensors only -- no ``.item()`` -- so the loop decides when to 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -29,15 +30,34 @@ class StepSpec:
     steps: int = 10
     init: str = "uniform"
     bn_mode: str = "eval"
+    attack_loss: str = "auto"
     weighted_attack: bool = False
     attack_alpha: float = 1.0
     amp_dtype: torch.dtype | None = None
 
     @property
     def objective(self) -> str:
-        """TRADES ascends the KL to the natural prediction; AT and MART ascend CE (SPEC 1)."""
-        base = "kl" if self.defense == "trades" else "ce"
+        """By default TRADES ascends the KL to the natural prediction, AT and MART CE (SPEC 1)."""
+        base = self.attack_loss
+        if base == "auto":
+            base = "kl" if self.defense == "trades" else "ce"
         return f"weighted_{base}" if self.weighted_attack else base
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(model):
+    """Batch statistics for the forward, but running stats untouched (momentum 0, counter kept)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(bns, saved):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
 
 
 def _forward(model, x, amp_dtype):
@@ -48,7 +68,7 @@ def _forward(model, x, amp_dtype):
 def adversarial_examples(model, x, y, spec: StepSpec, generator=None):
     """The training attack; returns ``(x_adv, kappa)`` (kappa only for GAIRAT)."""
     ref = None
-    if spec.defense == "trades":
+    if spec.objective.endswith("kl"):  # the KL attack needs the natural prediction
         with torch.no_grad(), model_mode(model, spec.bn_mode == "train"):
             ref = _forward(model, x, spec.amp_dtype).float()
     res = pgd(model, x, y, eps=spec.eps, step=spec.step, steps=spec.steps, init=spec.init,
@@ -65,7 +85,9 @@ def train_step(model, optimizer, x, y, spec: StepSpec, *, burn_in: bool = False,
     if DEFENSE_NEEDS_NATURAL[spec.defense]:
         z_nat = _forward(model, x, spec.amp_dtype)
     elif needs_natural(spec.scheme, spec.scheme_hparams) and not burn_in:
-        with torch.no_grad():  # a scheme reads p(x) that the AT loss itself does not need
+        # A scheme reads p(x) that the AT loss does not need: same train-mode forward as the
+        # loss's, but without gradient and without letting clean data into BN's running stats.
+        with torch.no_grad(), frozen_bn_stats(model):
             z_nat = _forward(model, x, spec.amp_dtype)
     z_adv = _forward(model, x_adv, spec.amp_dtype)
     hparams = spec.scheme_hparams

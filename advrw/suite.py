@@ -82,39 +82,55 @@ def white_box(model, x, y, spec, eps, *, batch_size, seed, only=None, desc="atta
     return AttackOutput(logits, logits.argmax(1) == y, proto, {})
 
 
-def black_box(model, x, y, spec, eps, *, batch_size, seed, only, desc, progress=True):
-    """AutoAttack / Square / SPSA / FMN through the maintained libraries (``advrw.attacks.external``)."""
+def _library_attack(model, x, y, spec, eps, *, batch_size, seed):
     from advrw.attacks import external
 
     kind = spec["kind"]
+    if kind == "autoattack":
+        return external.run_autoattack(model, x, y, eps=eps, version=spec.get("version", "standard"), seed=seed,
+                                       batch_size=batch_size)
+    if kind == "square":
+        return external.run_square(model, x, y, eps=eps, n_queries=int(spec.get("n_queries", 5000)),
+                                   p_init=float(spec.get("p_init", 0.8)), seed=seed, batch_size=batch_size)
+    if kind == "spsa":  # each image costs nb_sample forwards per iteration: small batches
+        return external.run_spsa(model, x, y, eps=eps, delta=float(spec.get("delta", 0.001)),
+                                 lr=float(spec.get("lr", 0.01)), nb_iter=int(spec.get("nb_iter", 100)),
+                                 nb_sample=int(spec.get("nb_sample", 256)),
+                                 max_batch_size=int(spec.get("max_batch_size", 64)),
+                                 batch_size=int(spec.get("batch_size", 32)), seed=seed)
+    return external.run_fmn(model, x, y, eps=eps, steps=int(spec.get("steps", 100)), batch_size=batch_size, seed=seed)
+
+
+def black_box(model, x, y, spec, eps, *, batch_size, seed, only, desc, progress=True):
+    """AutoAttack / Square / SPSA / FMN through the maintained libraries (``advrw.attacks.external``).
+
+    Runs on the still-robust examples in chunks of ``batch_size`` (one tqdm step each); the
+    libraries' per-attack accuracies are combined weighted by chunk size.
+    """
     idx = only.nonzero().squeeze(1)
     logits = predict(model, x, batch_size)
     robust = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    extra: dict = {}
+    per_attack: dict = {}
+    warnings: list[str] = []
+    proto: dict = {}
     log.info("%s on %d still-robust examples", desc, len(idx))
-    if kind == "autoattack":
-        res = external.run_autoattack(model, x[idx], y[idx], eps=eps, version=spec.get("version", "standard"),
-                                      seed=seed, batch_size=batch_size)
-        extra = {"per_attack": res.per_attack, "warnings": list(res.warnings)}
-        for w in res.warnings:
-            log.warning("AutoAttack sanity check: %s", w)
-    elif kind == "square":
-        res = external.run_square(model, x[idx], y[idx], eps=eps, n_queries=int(spec.get("n_queries", 5000)),
-                                  p_init=float(spec.get("p_init", 0.8)), seed=seed, batch_size=batch_size)
-    elif kind == "spsa":  # each image costs nb_sample forwards per iteration: small batches
-        res = external.run_spsa(model, x[idx], y[idx], eps=eps, delta=float(spec.get("delta", 0.001)),
-                                lr=float(spec.get("lr", 0.01)), nb_iter=int(spec.get("nb_iter", 100)),
-                                nb_sample=int(spec.get("nb_sample", 256)),
-                                max_batch_size=int(spec.get("max_batch_size", 64)),
-                                batch_size=int(spec.get("batch_size", 32)), seed=seed)
-    else:
-        res = external.run_fmn(model, x[idx], y[idx], eps=eps, steps=int(spec.get("steps", 100)),
-                               batch_size=batch_size, seed=seed)
-    if len(idx):
-        logits[idx] = predict(model, res.x_adv, batch_size)
-        robust[idx] = res.robust
-    proto = dict(res.protocol)
-    proto.update({"attack": kind, "eps": eps, "n_eval": len(x), "seed": seed})
+    for start in tqdm(range(0, len(idx), batch_size), desc=desc, disable=not progress, leave=False):
+        b = idx[start:start + batch_size]
+        res = _library_attack(model, x[b], y[b], spec, eps, batch_size=batch_size, seed=seed)
+        logits[b] = predict(model, res.x_adv, batch_size)
+        robust[b] = res.robust
+        proto = dict(res.protocol)
+        for name, acc in getattr(res, "per_attack", {}).items():  # fractions of the chunk -> counts
+            per_attack[name] = per_attack.get(name, 0.0) + float(acc) * len(b)
+        warnings += [w for w in getattr(res, "warnings", []) if w not in warnings]
+    for w in warnings:
+        log.warning("%s sanity check: %s", desc, w)
+    proto.update({"attack": spec["kind"], "eps": eps, "n_eval": len(x), "n_attacked": len(idx), "seed": seed})
+    proto.pop("n", None)
+    extra = {}
+    if spec["kind"] == "autoattack":
+        # robust accuracy over the whole evaluated set after each stage of the cascade
+        extra = {"per_attack": {k: v / len(x) for k, v in per_attack.items()}, "warnings": warnings}
     return AttackOutput(logits, robust, proto, extra)
 
 

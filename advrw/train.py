@@ -46,7 +46,7 @@ def step_spec(cfg: DictConfig) -> StepSpec:
         defense=d.pop("name"), defense_kwargs={k: v for k, v in d.items() if k != "attack_init"},
         scheme=w["name"], scheme_hparams=hp, detach=bool(w["detach"]), combine=w["combine"],
         eps=float(cfg.attack.eps), step=float(cfg.attack.step), steps=int(cfg.attack.steps), init=cfg.attack.init,
-        bn_mode=cfg.attack.bn_mode, weighted_attack=bool(cfg.attack.weighted), attack_alpha=float(cfg.attack.alpha),
+        bn_mode=cfg.attack.bn_mode, attack_loss=cfg.attack.get("loss", "auto"), weighted_attack=bool(cfg.attack.weighted), attack_alpha=float(cfg.attack.alpha),
         amp_dtype=amp_dtype(cfg.precision))
 
 

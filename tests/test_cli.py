@@ -84,6 +84,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(run_cli, tmp_path
     (["attack.init=gauss"], "attack.init='gauss' is unknown"),
     (["eval.alpha_test=-1"], "eval.alpha_test=-1 is invalid"),
     (["precision=fp16"], "precision='fp16' is unknown"),
+    (["attack.loss=hinge"], "attack.loss='hinge' is unknown"),
+    (["weighting=margin_exp", "attack.weighted=true", "attack.loss=cw"], "cannot be combined with attack.weighted"),
     (["-m", "weighting=vir", "weighting.gamma=3,10", "schedule.burn_in=0,5"], "schedule.burn_in=5 is invalid"),
 ])
 def test_bad_input_is_one_line_before_any_work(run_cli, tmp_path, args, expected):

@@ -44,10 +44,10 @@ def test_eval_best_checkpoint_and_plain_state_dict(run_cli, tmp_path, trained_ru
 def test_eval_multirun_over_alpha_test(run_cli, tmp_path, trained_run):
     sweep = tmp_path / "sweep"
     ok(run_cli("eval", "-m", f"ckpt={trained_run}", "eval=nonuniform", "eval.alpha_test=0.5,2", "eval.rho=[]",
-               "logger=none", "eval.plots=false", f"hydra.sweep.dir={sweep}"))
-    alphas = sorted(float(a) for p in sweep.glob("*/results.json")
-                    for a in json.loads(p.read_text())["nonuniform"]["alpha_test"])
-    assert alphas == [0.5, 2.0]
+               "logger=none", "eval.plots=false", "n_eval=64", f"hydra.sweep.dir={sweep}"))
+    runs = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
+    assert sorted(float(a) for r in runs for a in r["nonuniform"]["alpha_test"]) == [0.5, 2.0]
+    assert all(r["protocol"]["n_eval"] == 64 for r in runs)  # the top-level n_eval shorthand
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -212,3 +212,20 @@ def test_at_with_natural_reading_scheme():
     assert 0 <= out["correct_nat"].item() <= N
     assert (out["w"] > 0.007).all()
     assert not torch.allclose(out["w"], torch.full((N,), 0.007))
+
+
+def test_weight_only_clean_forward_leaves_bn_running_stats_alone():
+    """AT + VIR: the extra clean forward must not move BN's running statistics (AT's BN sees x' only)."""
+    from advrw.step import frozen_bn_stats
+
+    model, opt, x, y = setup()
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    before = (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+    model.train()
+    with torch.no_grad(), frozen_bn_stats(model):
+        model(x)
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    assert torch.equal(bn.num_batches_tracked, before[2]) and bn.momentum == 0.1
+    with torch.no_grad():
+        model(x)
+    assert not torch.equal(bn.running_mean, before[0])  # an ordinary train-mode forward does move them
