@@ -12,23 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from advrw.errors import AdvrwError
+from advrw.functional import kl_per_example, true_prob
 
 DEFENSES = ("at", "trades", "mart")
 # Which defenses need the natural logits in their loss (so the trainer runs a clean forward).
 NEEDS_NATURAL = {"at": False, "trades": True, "mart": True}
-
-
-def kl_per_example(z_nat: torch.Tensor, z_adv: torch.Tensor, detach_nat: bool = False,
-                   eps: float = 0.0) -> torch.Tensor:
-    """``KL(p(x) || p(x'))`` per example. ``eps`` inside the log as MART's code (1e-12)."""
-    p_nat = F.softmax(z_nat.float(), dim=1)
-    if detach_nat:
-        p_nat = p_nat.detach()
-    if eps:
-        log_p_adv = torch.log(F.softmax(z_adv.float(), dim=1) + eps)
-    else:
-        log_p_adv = F.log_softmax(z_adv.float(), dim=1)
-    return F.kl_div(log_p_adv, p_nat, reduction="none").sum(dim=1)
 
 
 def mart_bce(z_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -66,7 +54,7 @@ def mart_loss(z_nat, z_adv, y, w, *, lambda_mart: float = 5.0, combine: str = "m
               detach_nat: bool = False, **_):
     """MART: ``mean_i w_i BCE_i + lambda * mean_i KL(p(x_i) || p(x'_i)) (1 - p_y(x_i))``."""
     bce = mart_bce(z_adv, y)
-    p_true = F.softmax(z_nat.float(), dim=1).gather(1, y[:, None]).squeeze(1)
+    p_true = true_prob(z_nat, y)
     kl = kl_per_example(z_nat, z_adv, detach_nat, eps=1e-12) * (1.0000001 - p_true)
     loss = (_coef(w, 1.0, combine) * bce).mean() + lambda_mart * kl.mean()
     return loss, {"robust": bce.mean().detach(), "kl": kl.mean().detach()}

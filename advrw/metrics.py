@@ -21,8 +21,8 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from advrw import functional
 from advrw.errors import AdvrwError
 
 __all__ = [
@@ -71,14 +71,18 @@ def _check_logits_labels(logits: torch.Tensor, y: torch.Tensor) -> None:
     _check_labels(y, logits.shape[0], logits.shape[1])
 
 
-def _check_alpha(alpha_test: float) -> float:
+def _check_nonneg(name: str, value) -> float:
     try:
-        alpha = float(alpha_test)
+        out = float(value)
     except (TypeError, ValueError):
-        raise AdvrwError(f"alpha_test={alpha_test!r} is invalid: must be a real number >= 0") from None
-    if not math.isfinite(alpha) or alpha < 0:
-        raise AdvrwError(f"alpha_test={alpha_test!r} is invalid: must be a finite number >= 0")
-    return alpha
+        raise AdvrwError(f"{name}={value!r} is invalid: must be a real number >= 0") from None
+    if not math.isfinite(out) or out < 0:
+        raise AdvrwError(f"{name}={value!r} is invalid: must be a finite number >= 0")
+    return out
+
+
+def _check_alpha(alpha_test: float) -> float:
+    return _check_nonneg("alpha_test", alpha_test)
 
 
 def _check_num_classes(num_classes: int) -> int:
@@ -95,11 +99,7 @@ def prob_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Positive iff the true class strictly beats every other class (Zeng et al., Definition 1).
     """
     _check_logits_labels(logits, y)
-    p = F.softmax(logits.float(), dim=1)
-    p_true = p.gather(1, y[:, None]).squeeze(1)
-    # probabilities are >= 0, so -1 masks the true class out of the max
-    p_other = p.scatter(1, y[:, None], -1.0).amax(dim=1)
-    return p_true - p_other
+    return functional.prob_margin(logits, y)
 
 
 def correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -169,12 +169,7 @@ def chi2_dro_weights(losses: torch.Tensor, rho: float) -> torch.Tensor:
     ``eta = m - sqrt(V / (q s - 1))``. Ties never split: a piece that would separate equal
     losses has an empty eta-interval.
     """
-    try:
-        rho_f = float(rho)
-    except (TypeError, ValueError):
-        raise AdvrwError(f"rho={rho!r} is invalid: must be a real number >= 0") from None
-    if not math.isfinite(rho_f) or rho_f < 0:
-        raise AdvrwError(f"rho={rho!r} is invalid: must be a finite number >= 0")
+    rho_f = _check_nonneg("rho", rho)
     if not isinstance(losses, torch.Tensor) or losses.dim() != 1 or losses.numel() == 0:
         shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
         raise AdvrwError(f"losses has shape {shape}: must be a non-empty 1-D tensor")
@@ -290,9 +285,7 @@ def prediction_entropy(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     _check_logits(logits)
     if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
         raise AdvrwError(f"tau={tau!r} is invalid: must be a finite number > 0")
-    logp = F.log_softmax(logits.float() / tau, dim=1)
-    # xlogy-style: p * log p with p = 0 contributes 0 even where log p = -inf
-    return -(logp.exp() * logp).nan_to_num(nan=0.0).sum(dim=1)
+    return functional.entropy(logits, tau)
 
 
 def high_entropy_share(logits: torch.Tensor, threshold: float = 1.5, tau: float = 1.0) -> float:

@@ -59,15 +59,16 @@ def _pgd_protocol(name, spec, eps, n, seed):
     return proto
 
 
-def white_box(model, x, y, spec, eps, *, batch_size, seed, only=None, desc="attack", progress=True):
+def white_box(model, x, y, spec, eps, *, batch_size, seed, only=None, desc="attack", progress=True,
+              clean_logits=None):
     """FGSM / PGD-k from the shared engine, batched; returns adversarial logits for all of x.
 
-    ``only`` (bool [N]) restricts the work to those examples; the others keep clean logits.
+    ``only`` (bool [N]) restricts the work to those examples; the others keep clean logits
+    (pass ``clean_logits`` when the caller has them, to skip that forward).
     """
     n = len(x)
     proto = _pgd_protocol(desc, spec, eps, n, seed)
-    clean_logits = predict(model, x, batch_size)
-    logits = clean_logits.clone()
+    logits = (predict(model, x, batch_size) if clean_logits is None else clean_logits).clone()
     idx = torch.arange(n, device=x.device) if only is None else only.nonzero().squeeze(1)
     gen = _generator(x.device, seed)
     for start in tqdm(range(0, len(idx), batch_size), desc=desc, disable=not progress, leave=False):
@@ -101,14 +102,14 @@ def _library_attack(model, x, y, spec, eps, *, batch_size, seed):
     return external.run_fmn(model, x, y, eps=eps, steps=int(spec.get("steps", 100)), batch_size=batch_size, seed=seed)
 
 
-def black_box(model, x, y, spec, eps, *, batch_size, seed, only, desc, progress=True):
+def black_box(model, x, y, spec, eps, *, batch_size, seed, only, desc, progress=True, clean_logits=None):
     """AutoAttack / Square / SPSA / FMN through the maintained libraries (``advrw.attacks.external``).
 
     Runs on the still-robust examples in chunks of ``batch_size`` (one tqdm step each); the
     libraries' per-attack accuracies are combined weighted by chunk size.
     """
     idx = only.nonzero().squeeze(1)
-    logits = predict(model, x, batch_size)
+    logits = (predict(model, x, batch_size) if clean_logits is None else clean_logits).clone()
     robust = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     per_attack: dict = {}
     warnings: list[str] = []
@@ -158,7 +159,7 @@ def nonuniform_report(model, x, y, base_logits, spec, eps, alphas, rhos, *, batc
     for a in alphas:
         weighted = dict(spec, objective="weighted_ce", alpha=float(a), kind="pgd")
         tr = white_box(model, x, y, weighted, eps, batch_size=batch_size, seed=seed,
-                       desc=f"weighted PGD a={a}", progress=progress)
+                       desc=f"weighted PGD a={a}", progress=progress, clean_logits=base_logits)
         out["alpha_test"][_key(a)] = {
             "A_sa": metrics.nonuniform_accuracy(base_logits, y, float(a)),
             "A_tr": metrics.nonuniform_accuracy(tr.logits, y, float(a)),
@@ -195,10 +196,11 @@ def run_suite(model, x, y, ev, *, num_classes, progress=True) -> tuple[dict, dic
         wants_full = name == base_name and (alphas or rhos)
         only = None if wants_full else clean_correct
         if spec["kind"] in ("fgsm", "pgd"):
-            out = white_box(model, x, y, spec, eps, batch_size=bs, seed=seed, only=only, desc=name, progress=progress)
+            out = white_box(model, x, y, spec, eps, batch_size=bs, seed=seed, only=only, desc=name, progress=progress,
+                            clean_logits=clean_logits)
         else:
             out = black_box(model, x, y, spec, eps, batch_size=bs, seed=seed, only=clean_correct, desc=name,
-                            progress=progress)
+                            progress=progress, clean_logits=clean_logits)
         robust = out.robust & clean_correct
         robust_all &= robust
         pred = out.logits.argmax(1)

@@ -78,19 +78,17 @@ def _as_float(x_uint8):
 
 def validate_epoch(model, data, cfg, batch_size) -> dict:
     """Clean and PGD accuracy on the held-out split (its own seeded RNG: training's is untouched)."""
-    from advrw.suite import white_box
+    from advrw.suite import predict, white_box
 
     n = cfg.validation.n or len(data.val_y)
     x, y = _as_float(data.val_x[:n]), data.val_y[:n]
     spec = {"kind": "pgd", "objective": "ce", "steps": int(cfg.validation.steps), "step": float(cfg.validation.step),
             "restarts": 1, "init": "uniform"}
+    clean = predict(model, x, batch_size)
     out = white_box(model, x, y, spec, float(cfg.attack.eps), batch_size=batch_size, seed=cfg.seed,
-                    only=None, desc="val PGD", progress=False)
-    from advrw.suite import predict
-
-    clean = (predict(model, x, batch_size).argmax(1) == y).float().mean().item()
-    return {"val_clean": clean, "val_robust": out.robust.float().mean().item(),
-            "val_protocol": out.protocol}
+                    only=None, desc="val PGD", progress=False, clean_logits=clean)
+    return {"val_clean": (clean.argmax(1) == y).float().mean().item(),
+            "val_robust": out.robust.float().mean().item(), "val_protocol": out.protocol}
 
 
 def _resume_config(cfg: DictConfig, saved: dict) -> DictConfig:

@@ -17,18 +17,9 @@ How a weight enters the loss is the defense's business (``advrw.defenses``); EWA
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from advrw.attacks.objectives import prob_margin
 from advrw.errors import AdvrwError
-
-
-def _probs(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    return F.softmax(logits.float() / tau, dim=1)
-
-
-def _true_prob(logits, y):
-    return _probs(logits).gather(1, y[:, None]).squeeze(1)
+from advrw.functional import entropy, kl_per_example, prob_margin, true_prob
 
 
 def batch_normalize(w: torch.Tensor) -> torch.Tensor:
@@ -67,7 +58,7 @@ def probabilistic_margin(z_nat, z_adv, y, pm: str = "adv") -> torch.Tensor:
     if pm == "nat":
         return prob_margin(_need("natural logits", "mail pm=nat", z_nat), y)
     if pm == "dif":
-        return _true_prob(_need("natural logits", "mail pm=dif", z_nat), y) - _true_prob(z_adv, y)
+        return true_prob(_need("natural logits", "mail pm=dif", z_nat), y) - true_prob(z_adv, y)
     raise AdvrwError(f"weighting.pm={pm!r} is unknown: choose one of adv, nat, dif")
 
 
@@ -99,8 +90,8 @@ def vir(z_nat, z_adv, y, kappa=None, *, alpha: float = 7.0, gamma: float = 10.0,
     single-factor ablations (Tables 6-7), which use that factor alone, without beta.
     """
     z_nat = _need("natural logits", "vir", z_nat)
-    s_v = alpha * torch.exp(-gamma * _true_prob(z_nat, y))
-    s_d = F.kl_div(F.log_softmax(z_adv.float(), dim=1), _probs(z_nat), reduction="none").sum(dim=1)
+    s_v = alpha * torch.exp(-gamma * true_prob(z_nat, y))
+    s_d = kl_per_example(z_nat, z_adv)
     if factors == "both":
         return s_v * s_d + beta
     if factors == "sv":
@@ -118,9 +109,8 @@ def ewat(z_nat, z_adv, y, kappa=None, *, tau: float = 1.0) -> torch.Tensor:
     """
     if not tau > 0:
         raise AdvrwError(f"weighting.tau={tau} is invalid: must be > 0")
-    logp = F.log_softmax(z_adv.float() / tau, dim=1)
-    entropy = -(logp.exp() * logp).sum(dim=1)
-    return entropy / entropy.mean().clamp_min(1e-12)
+    e = entropy(z_adv, tau)
+    return e / e.mean().clamp_min(1e-12)
 
 
 def margin_exp(z_nat, z_adv, y, kappa=None, *, alpha: float = 1.0) -> torch.Tensor:

@@ -19,14 +19,6 @@ from advrw.attacks.objectives import ce, cw, kl, scaled_ce, weighted_ce, weighte
 from advrw.errors import AdvrwError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead and spin under a busy 2-core machine
-    (this file went from 2 s to 37 s); restore the caller's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 C = 4  # classes of the conv net
 

@@ -74,7 +74,7 @@ def test_every_group_option_composes_and_steps(group, option):
 
 @pytest.mark.parametrize("option", options("dataset"))
 def test_every_dataset_option_composes(option):
-    extra = [f"dataset.root=/tmp/x"] if option in ("imagefolder", "npz", "tinyimagenet") else []
+    extra = ["dataset.root=/tmp/x"] if option in ("imagefolder", "npz", "tinyimagenet") else []
     cfg = make([f"dataset={option}", *extra])
     validate_train(cfg)
     assert cfg.attack.eps == cfg.dataset.threat.eps

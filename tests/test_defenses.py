@@ -17,14 +17,6 @@ from advrw.defenses import at_loss, defense_loss, kl_per_example, mart_bce, mart
 from advrw.errors import AdvrwError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead and spin under a busy 2-core machine
-    (this file went from 2 s to 37 s); restore the caller's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 # ----------------------------------------------------------------------------- hand arithmetic
 

@@ -13,14 +13,6 @@ from advrw.errors import AdvrwError
 EPS = 8 / 255
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops: intra-op threads only add overhead, and under a busy 2-core CI machine they
-    oversubscribe (AutoAttack went from 3 s to 100 s); restore the caller's setting after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class TinyNet(nn.Module):

@@ -14,14 +14,6 @@ from advrw.step import StepSpec, adversarial_examples, train_step
 from advrw.weighting import compute_weights, gairat
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead and spin under a busy 2-core machine
-    (this file went from 2 s to 37 s); restore the caller's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 C = 3
 N = 6

@@ -11,14 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from advrw.errors import AdvrwError
-
-
-def prob_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``p_y - max_{k != y} p_k`` with ``p = softmax(logits)``: > 0 iff the example is correct."""
-    p = logits.float().softmax(dim=1)
-    p_true = p.gather(1, y[:, None]).squeeze(1)
-    p_other = p.scatter(1, y[:, None], float("-inf")).amax(dim=1)
-    return p_true - p_other
+from advrw.functional import kl_per_example, prob_margin
 
 
 def ce(logits, y, ref_logits=None, **_):
@@ -29,9 +22,7 @@ def kl(logits, y, ref_logits=None, **_):
     """TRADES: ``KL(p(x) || p(x'))`` per example; ``ref_logits`` are the natural logits."""
     if ref_logits is None:
         raise AdvrwError("attack objective 'kl' needs the natural logits (ref_logits); got None")
-    log_p_adv = F.log_softmax(logits.float(), dim=1)
-    p_nat = F.softmax(ref_logits.float(), dim=1)
-    return F.kl_div(log_p_adv, p_nat, reduction="none").sum(dim=1)
+    return kl_per_example(ref_logits, logits)
 
 
 def cw(logits, y, ref_logits=None, **_):

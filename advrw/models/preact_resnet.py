@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from advrw.models.resnet import make_stage
 
 MIN_IMAGE_SIZE = 8
 
@@ -52,11 +53,8 @@ class PreActResNet(nn.Module):
         self.linear = nn.Linear(512 * block.expansion, num_classes)
 
     def _make_layer(self, block, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (num_blocks - 1):
-            layers.append(block(self.in_planes, planes, s))
-            self.in_planes = planes * block.expansion
-        return nn.Sequential(*layers)
+        stage, self.in_planes = make_stage(block, self.in_planes, planes, num_blocks, stride)
+        return stage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
