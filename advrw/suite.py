@@ -227,9 +227,10 @@ def run_suite(model, x, y, ev, *, num_classes, progress=True) -> tuple[dict, dic
 
 
 def _short(proto: dict) -> str:
-    keys = ("attack", "objective", "eps", "steps", "step", "restarts", "n_eval")
+    keys = ("attack", "objective", "eps", "steps", "step", "restarts", "n_iter", "n_queries", "square_queries",
+            "nb_iter", "nb_sample", "delta", "lr", "n_eval")
     return ", ".join(f"{k}={proto[k]:.4g}" if isinstance(proto.get(k), float) else f"{k}={proto[k]}"
-                     for k in keys if k in proto)
+                     for k in keys if k in proto and not isinstance(proto[k], dict))
 
 
 def table(results: dict) -> str:

@@ -210,9 +210,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 w = out["w"]
                 bar.set_postfix(loss=f"{out['loss'].item():.3f}", adv_acc=f"{out['correct_adv'].item() / len(y):.2f}",
                                 w=f"{w.mean().item():.2f}±{w.std().item() if len(w) > 1 else 0:.2f}")
+        lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with
         sched.step()
         w_all = torch.cat(ws)
-        record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "burn_in": burn_in,
+        record = {"epoch": epoch + 1, "lr": lr, "burn_in": burn_in,
                   "train_loss": (sums["loss"] / seen).item(), "train_adv_acc": sums["correct_adv"].item() / seen,
                   "w_mean": w_all.mean().item(), "w_std": w_all.std().item() if len(w_all) > 1 else 0.0,
                   "w_min": w_all.min().item(), "w_max": w_all.max().item(),

@@ -55,6 +55,16 @@ def test_multirun_two_jobs_with_sweep_values(run_cli, tmp_path):
                f"hydra.sweep.dir={sweep}"))
     gammas = sorted(torch.load(p, weights_only=False)["config"]["weighting"]["gamma"] for p in sweep.glob("*/last.pt"))
     assert gammas == [3.0, 10.0]
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    table = subprocess.run([sys.executable, str(ROOT / "scripts" / "collect.py"), str(sweep), "--csv",
+                            str(tmp_path / "t.csv")], capture_output=True, text=True, check=True).stdout
+    lines = table.strip().splitlines()
+    assert len(lines) == 3 and "pgd20 (eps 0.03137, 20 steps)" in lines[0]
+    assert "weighting.gamma=3" in table and "weighting.gamma=10" in table
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(run_cli, tmp_path):
@@ -167,3 +177,15 @@ def test_wandb_offline_run_is_recorded(run_cli, tmp_path):
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     assert (run_dir / "results.json").exists()
+
+
+def test_schedule_and_burn_in_are_followed(run_cli, tmp_path):
+    run_dir = tmp_path / "r"
+    ok(run_cli("train", "experiment=smoke", "weighting=vir", "schedule.epochs=3", "schedule.burn_in=2",
+               "schedule.lr=0.1", "schedule.milestones=[1,2]", "eval.n_eval=16", f"hydra.run.dir={run_dir}"))
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.01, 0.001])
+    assert [r["burn_in"] for r in rows] == [True, True, False]
+    assert rows[1]["w_min"] == rows[1]["w_max"] == 1.0 and rows[2]["w_std"] > 0
+    # VIR's weights: S_v * S_d + beta >= beta
+    assert rows[2]["w_min"] >= 0.007 - 1e-9
