@@ -169,6 +169,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         log.info("resumed from %s at epoch %d", resumed["path"], start_epoch)
     config = OmegaConf.to_container(cfg, resolve=True)
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    if resumed is not None:  # the run's groups are the checkpoint's, except the ones a resume may change
+        choices = {**resumed.get("choices", {}), **{k: v for k, v in choices.items() if k in RESUME_MUTABLE}}
     info = {"seed": int(cfg.seed), "git_commit": git_commit(), "command": " ".join(sys.argv),
             "choices": choices, "torch": torch.__version__, "python": platform.python_version(),
             "device": str(device), "resumed_from": resumed and resumed["path"], "start_epoch": start_epoch}

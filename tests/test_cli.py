@@ -82,6 +82,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(run_cli, tmp_path
     assert results(tmp_path / "full")["clean"] == results(tmp_path / "resumed")["clean"]
     epochs = [json.loads(x)["epoch"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
+    info = json.loads((tmp_path / "resumed" / "run_info.json").read_text())
+    assert info["choices"]["weighting"] == "gairat" and info["start_epoch"] == 1
 
 
 @pytest.mark.parametrize("args, expected", [
