@@ -105,7 +105,7 @@ def test_paper_defaults():
     ew = make(["experiment=ewat_trades_cifar10"])
     assert ew.weighting.combine == "add" and ew.defense.beta_trades == 5.5 and ew.schedule.burn_in == 0
     g = make(["experiment=gairat_rn18_cifar10"])
-    assert g.attack.init == "uniform" and g.schedule.burn_in == 59 and g.weighting.steps == 10
+    assert g.attack.init == "uniform" and g.schedule.burn_in == 59 and g.attack.steps == 10  # K of kappa
     me = make(["weighting=margin_exp"])
     assert me.weighting.alpha == 0.1 and me.weighting.detach is False
     # the command line still wins over presets and combos
