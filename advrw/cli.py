@@ -54,7 +54,8 @@ def one_line(err: Exception) -> str:
     m = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if m:
         group, option = m.groups()
-        options = re.findall(r"^\t(\S+)", text, flags=re.M)
+        block = re.search(r"Available options in '[^']+':\n((?:\t.*\n?)+)", text)
+        options = block.group(1).split() if block else []
         allowed = ", ".join(options) if options else "see conf/" + group
         return f"{group}={option} is unknown: choose one of {allowed}"
     m = re.search(r"Could not override '([^']+)'", text)

@@ -109,8 +109,7 @@ def _validate_cli(cfg: DictConfig) -> None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except AdvrwError as err:
-        log.error("%s", err)
+    except AdvrwError as err:  # one line for the user, nothing else (no traceback, no log echo)
         print(f"advrw: error: {err}", file=sys.stderr)
         sys.exit(2)
     return results.get("worst_case", {}).get("robust_accuracy")

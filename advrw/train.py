@@ -283,8 +283,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         results = run(cfg, run_dir)
-    except AdvrwError as err:
-        log.error("%s", err)
+    except AdvrwError as err:  # one line for the user, nothing else (no traceback, no log echo)
         print(f"advrw: error: {err}", file=sys.stderr)
         sys.exit(2)
     attacks = results.get("attacks", {})

@@ -87,7 +87,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(run_cli, tmp_path
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["weighting=foo"], "weighting=foo is unknown: choose one of"),
+    (["weighting=foo"], "weighting=foo is unknown: choose one of ewat, gairat, mail, margin_exp, none, vir"),
+    (["model=wrn"], "model=wrn is unknown: choose one of preact_resnet18, resnet18, resnet50, smallcnn, tiny, wrn28_10, wrn32_10, wrn34_10"),
     (["attack.epz=0.1"], "attack.epz is not a config key"),
     (["attack.eps=-0.1"], "attack.eps=-0.1 is invalid: must be > 0"),
     (["attack.eps=0"], "attack.eps=0 is invalid"),
@@ -106,6 +107,7 @@ def test_bad_input_is_one_line_before_any_work(run_cli, tmp_path, args, expected
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("advrw: error: ") and expected in err[0], proc.stderr
+    assert "provider=" not in err[0]
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bads").exists()
 
 
