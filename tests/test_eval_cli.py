@@ -52,6 +52,8 @@ def test_eval_multirun_over_alpha_test(run_cli, tmp_path, trained_run):
 
 @pytest.mark.parametrize("args, expected", [
     (["model=resnet18"], "does not match model=resnet18"),
+    (["dataset=synthetic", "dataset.num_classes=5", "dataset.image_size=16"],
+     "its classifier has 10 outputs but the data set has 5 classes"),
     (["eval.n_eval=100000"], "eval.n_eval=100000 is larger than the test set (128 examples)"),
     (["eval.only=[pgd7]"], "eval.only names attack 'pgd7'"),
     (["eval.rho=[-1]"], "eval.rho=-1 is invalid"),
