@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from advrw import checkpoint as ckpt_io
 from advrw.config import git_commit, resolve_device, seed_everything, validate_eval
+from advrw.cli import CONF_DIR
 from advrw.errors import AdvrwError
 from advrw.runlog import RunLog, write_json
 
@@ -105,7 +106,7 @@ def _validate_cli(cfg: DictConfig) -> None:
     validate_eval(cfg)
 
 
-@hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
+@hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg, Path(HydraConfig.get().runtime.output_dir))

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from advrw import checkpoint as ckpt_io
 from advrw.config import (amp_dtype, check_writable, git_commit, resolve_device, seed_everything,
                           validate_train)
+from advrw.cli import CONF_DIR
 from advrw.errors import AdvrwError
 from advrw.runlog import RunLog, write_json
 from advrw.step import StepSpec, train_step
@@ -278,7 +279,7 @@ def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, n_eval: int) -> 
     return results
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:

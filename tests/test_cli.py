@@ -193,3 +193,23 @@ def test_schedule_and_burn_in_are_followed(run_cli, tmp_path):
     assert rows[1]["w_min"] == rows[1]["w_max"] == 1.0 and rows[2]["w_std"] > 0
     # VIR's weights: S_v * S_d + beta >= beta
     assert rows[2]["w_min"] >= 0.007 - 1e-9
+
+
+def test_console_scripts(tmp_path):
+    """``advrw-train`` / ``advrw-eval`` (pyproject scripts) find the config from any directory."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bindir = Path(sys.executable).parent
+    train, evaluate = shutil.which("advrw-train", path=str(bindir)), shutil.which("advrw-eval", path=str(bindir))
+    assert train and evaluate, "pip install -e . installs the advrw-train and advrw-eval scripts"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    ok(subprocess.run([train, "experiment=smoke", "eval.n_eval=16", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path,
+                      env=env, capture_output=True, text=True, timeout=300))
+    ok(subprocess.run([evaluate, f"ckpt={tmp_path / 'r'}", "eval=quick", "n_eval=16", "logger=none",
+                       f"hydra.run.dir={tmp_path / 'e'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                      timeout=300))
+    assert results(tmp_path / "e")["clean"] == results(tmp_path / "r")["clean"]
