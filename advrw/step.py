@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from advrw.attacks import model_mode, pgd
+from advrw.attacks.pgd import autocast
 from advrw.defenses import NEEDS_NATURAL as DEFENSE_NEEDS_NATURAL
 from advrw.defenses import defense_loss
 from advrw.weighting import compute_weights, needs_natural
@@ -61,7 +62,7 @@ def frozen_bn_stats(model):
 
 
 def _forward(model, x, amp_dtype):
-    with torch.autocast(x.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+    with autocast(x.device.type, amp_dtype):
         return model(x)
 
 

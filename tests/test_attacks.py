@@ -373,21 +373,14 @@ def test_same_seed_same_x_adv(init):
     assert not torch.equal(a, c)
 
 
-def test_scaled_ce_scale_one_same_as_ce():
+@pytest.mark.parametrize("objective, params", [("scaled_ce", {"scale": 1.0}), ("weighted_ce", {"alpha": 0.0})])
+def test_neutral_objective_parameters_same_as_ce(objective, params):
+    """scaled_ce with scale 1 and weighted_ce with alpha 0 are plain CE: same x_adv for the same seed."""
     net = make_net()
     x, y = make_data()
     kw = dict(eps=0.05, step=0.01, steps=4, init="uniform")
     a = pgd(net, x, y, objective="ce", generator=gen(5), **kw).x_adv
-    b = pgd(net, x, y, objective="scaled_ce", scale=1.0, generator=gen(5), **kw).x_adv
-    assert torch.equal(a, b)
-
-
-def test_weighted_ce_alpha_zero_same_as_ce():
-    net = make_net()
-    x, y = make_data()
-    kw = dict(eps=0.05, step=0.01, steps=4, init="uniform")
-    a = pgd(net, x, y, objective="ce", generator=gen(5), **kw).x_adv
-    b = pgd(net, x, y, objective="weighted_ce", alpha=0.0, generator=gen(5), **kw).x_adv
+    b = pgd(net, x, y, objective=objective, generator=gen(5), **params, **kw).x_adv
     assert torch.equal(a, b)
 
 

@@ -36,6 +36,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from advrw.attacks.pgd import model_mode
 from advrw.errors import AdvrwError
 
 log = logging.getLogger(__name__)
@@ -82,18 +83,6 @@ class AutoAttackResult(AttackResult):
 
 
 # --------------------------------------------------------------------------- shared helpers
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the call; restores every submodule's own flag (mixed modes survive)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, was_training in modes:
-            m.training = was_training
-
 
 @contextlib.contextmanager
 def _seeded(seed: int, device: torch.device) -> Iterator[None]:
@@ -250,7 +239,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     handler = _Capture()
     saved_logger = (aa_logger.level, aa_logger.propagate)
     saved_trace = sys.gettrace()  # check_dynamic calls sys.settrace(None): keep coverage/debuggers
-    with _eval_mode(model), _seeded(seed, x.device), _quiet_stdout("pyautoattack"):
+    with model_mode(model, False), _seeded(seed, x.device), _quiet_stdout("pyautoattack"):
         with torch.no_grad():
             logits0 = model(x[:1])
         n_classes = int(logits0.shape[1])
@@ -345,7 +334,7 @@ def _run_torchattacks(model, x, y, *, attack, eps, norm, seed, batch_size, proto
         return _empty(AttackResult, x, dict(protocol, eps=float(eps), norm=norm, seed=int(seed),
                                             batch_size=int(batch_size), library="torchattacks",
                                             library_version=_lib_version("torchattacks")))
-    with _eval_mode(model), _seeded(seed, x.device), _quiet_stdout("torchattacks"):
+    with model_mode(model, False), _seeded(seed, x.device), _quiet_stdout("torchattacks"):
         clean_pred = _predict(model, x, batch_size)
         attack.set_device(x.device)
         chunks = []
@@ -450,7 +439,7 @@ def run_fmn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, n
                                         "library": "foolbox", "library_version": _lib_version("foolbox")})
     import foolbox
 
-    with _eval_mode(model), _seeded(seed, x.device), _quiet_stdout("foolbox"):
+    with model_mode(model, False), _seeded(seed, x.device), _quiet_stdout("foolbox"):
         clean_pred = _predict(model, x, batch_size)
         fmodel = foolbox.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
         atk = getattr(foolbox.attacks, classes[norm])(steps=int(steps))

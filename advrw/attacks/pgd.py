@@ -31,6 +31,11 @@ def model_mode(model: torch.nn.Module, train: bool):
             m.training = flag
 
 
+def autocast(device_type: str, amp_dtype: torch.dtype | None):
+    """The training step's mixed precision (``None`` = fp32, autocast off)."""
+    return torch.autocast(device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None)
+
+
 @dataclass
 class PGDResult:
     x_adv: torch.Tensor
@@ -75,7 +80,7 @@ def _ascend(model, x, y, objective, ref_logits, params, eps, step, steps, init, 
     lower, upper = (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        with torch.autocast(x.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        with autocast(x.device.type, amp_dtype):
             logits = model(x_adv)
         if kappa is not None:
             kappa += logits.argmax(dim=1) == y

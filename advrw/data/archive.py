@@ -31,7 +31,6 @@ from advrw.errors import AdvrwError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 CACHE_FORMAT = 1
 _PARALLEL_MIN = 2000  # fewer images than this are decoded in-process
 
