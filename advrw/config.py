@@ -145,6 +145,8 @@ def validate_train(cfg: DictConfig) -> None:
         raise AdvrwError("eval.checkpoint=best needs a validation split: set dataset.val_size > 0 (or eval.checkpoint=last)")
     amp_dtype(cfg.precision)
     resolve_device(cfg.device)
+    from advrw.awp import validate_minimizer
+    validate_minimizer(cfg)
     validate_eval(cfg)
     # Resolving every interpolation here turns a typo'd ${...} into an error now, not at epoch 75.
     try:

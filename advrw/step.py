@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from advrw import awp
 from advrw.attacks import model_mode, pgd
 from advrw.attacks.pgd import autocast
 from advrw.defenses import NEEDS_NATURAL as DEFENSE_NEEDS_NATURAL
@@ -35,6 +36,9 @@ class StepSpec:
     weighted_attack: bool = False
     attack_alpha: float = 1.0
     amp_dtype: torch.dtype | None = None
+    minimizer: str = "sgd"  # sgd | awp (advrw/awp.py)
+    awp_gamma: float = 0.0
+    awp_warmup: int = 0
 
     @property
     def objective(self) -> str:
@@ -78,10 +82,35 @@ def adversarial_examples(model, x, y, spec: StepSpec, generator=None):
     return res.x_adv, res.kappa
 
 
-def train_step(model, optimizer, x, y, spec: StepSpec, *, burn_in: bool = False, generator=None) -> dict:
-    """One optimiser step. Returns detached device tensors: loss, weights, per-batch corrects."""
+def train_step(model, optimizer, x, y, spec: StepSpec, *, burn_in: bool = False, generator=None,
+               epoch: int | None = None) -> dict:
+    """One optimiser step. Returns detached device tensors: loss, weights, per-batch corrects.
+
+    ``epoch`` (0-indexed) only matters for AWP's warm-up; None = past it.
+    """
     x_adv, kappa = adversarial_examples(model, x, y, spec, generator)
     model.train()
+    pert = None
+    if awp.active(spec.minimizer, epoch, spec.awp_warmup):
+        with frozen_bn_stats(model):  # AWP's ascent forward must not move BN's running statistics
+            ascent = _weighted_loss(model, x, x_adv, y, kappa, spec, burn_in)[0]
+        pert = awp.perturb(model, ascent, spec.awp_gamma)
+    loss, parts, w, z_nat, z_adv = _weighted_loss(model, x, x_adv, y, kappa, spec, burn_in)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if pert is not None:  # the gradient was taken at w + v; step from the exactly restored w
+        awp.restore(pert, optimizer)
+    optimizer.step()
+    out = {"loss": loss.detach(), "w": w.detach().float(),
+           "correct_adv": (z_adv.argmax(1) == y).sum()}
+    if z_nat is not None:
+        out["correct_nat"] = (z_nat.argmax(1) == y).sum()
+    out.update({f"loss_{k}": v for k, v in parts.items()})
+    return out
+
+
+def _weighted_loss(model, x, x_adv, y, kappa, spec: StepSpec, burn_in: bool):
+    """Forwards -> weights -> weighted defense loss: ``(loss, parts, w, z_nat, z_adv)``."""
     z_nat = None
     if DEFENSE_NEEDS_NATURAL[spec.defense]:
         z_nat = _forward(model, x, spec.amp_dtype)
@@ -98,12 +127,4 @@ def train_step(model, optimizer, x, y, spec: StepSpec, *, burn_in: bool = False,
     # During burn-in every scheme trains the plain defense (w = 1, multiplied).
     combine = "multiply" if burn_in else spec.combine
     loss, parts = defense_loss(spec.defense, z_nat, z_adv, y, w, combine=combine, **spec.defense_kwargs)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    out = {"loss": loss.detach(), "w": w.detach().float(),
-           "correct_adv": (z_adv.argmax(1) == y).sum()}
-    if z_nat is not None:
-        out["correct_nat"] = (z_nat.argmax(1) == y).sum()
-    out.update({f"loss_{k}": v for k, v in parts.items()})
-    return out
+    return loss, parts, w, z_nat, z_adv

@@ -37,6 +37,7 @@ RESUME_MUTABLE = INVOCATION_KEYS + ("schedule.epochs", "logger", "eval", "datase
 
 
 def step_spec(cfg: DictConfig) -> StepSpec:
+    from advrw.awp import spec_fields as awp_spec_fields
     from advrw.weighting import scheme_hparams
 
     d = OmegaConf.to_container(cfg.defense, resolve=True)
@@ -48,7 +49,7 @@ def step_spec(cfg: DictConfig) -> StepSpec:
         scheme=w["name"], scheme_hparams=hp, detach=bool(w["detach"]), combine=w["combine"],
         eps=float(cfg.attack.eps), step=float(cfg.attack.step), steps=int(cfg.attack.steps), init=cfg.attack.init,
         bn_mode=cfg.attack.bn_mode, attack_loss=cfg.attack.get("loss", "auto"), weighted_attack=bool(cfg.attack.weighted), attack_alpha=float(cfg.attack.alpha),
-        amp_dtype=amp_dtype(cfg.precision))
+        amp_dtype=amp_dtype(cfg.precision), **awp_spec_fields(cfg))
 
 
 def build_model_for(cfg: DictConfig, data, device):
@@ -203,7 +204,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         for i, (x, y) in enumerate(bar):
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = train_step(model, opt, x, y, spec, burn_in=burn_in, generator=gen)
+            out = train_step(model, opt, x, y, spec, burn_in=burn_in, generator=gen, epoch=epoch)
             sums["loss"] += out["loss"] * len(y)
             sums["correct_adv"] += out["correct_adv"]
             class_w.index_add_(0, y, out["w"])
