@@ -147,6 +147,8 @@ def validate_train(cfg: DictConfig) -> None:
     resolve_device(cfg.device)
     from advrw.awp import validate_minimizer
     validate_minimizer(cfg)
+    from advrw.data.mixed import validate_extra
+    validate_extra(cfg)
     validate_eval(cfg)
     # Resolving every interpolation here turns a typo'd ${...} into an error now, not at epoch 75.
     try:

@@ -132,6 +132,7 @@ def _resume_path(resume: str) -> Path:
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train and evaluate; returns the results dict (also written to results.json)."""
     from advrw.data import DeviceBatches, build_data
+    from advrw.data.mixed import mixed_batches
 
     resumed = None
     if cfg.resume:
@@ -185,6 +186,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     batches = DeviceBatches(data.train_x, data.train_y, int(s.batch_size), shuffle=True, augment=data.augment,
                             generator=gen)
+    if cfg.dataset.get("extra_fraction") is not None:  # a fixed share of extra images in every batch
+        batches = mixed_batches(data, cfg, gen, start_epoch)
     end_epoch = int(s.epochs) if cfg.stop_after is None else min(int(s.epochs), start_epoch + int(cfg.stop_after))
 
     def payload(epoch):

@@ -4,11 +4,13 @@
 - ``sources.py``: torchvision sets (MNIST, CIFAR-10/100, SVHN), ``.npz``, synthetic data.
 - ``archive.py``: ImageFolder / Tiny ImageNet from a folder or ``.tar.gz``/``.tgz``/``.tar``/``.zip``, cached.
 - ``batches.py``: :class:`DeviceBatches` and :func:`crop_flip`.
+- ``mixed.py``: :class:`MixedBatches`, a fixed share of extra data per batch (``dataset.extra_fraction``).
 """
 
 from advrw.data.batches import DeviceBatches, crop_flip
 from advrw.data.build import DATASET_NAMES, DEFAULT_AUGMENT, STATS, build_data
 from advrw.data.bundle import DataBundle, channel_stats
+from advrw.data.mixed import MixedBatches
 
 __all__ = [
     "DATASET_NAMES",
@@ -16,6 +18,7 @@ __all__ = [
     "STATS",
     "DataBundle",
     "DeviceBatches",
+    "MixedBatches",
     "build_data",
     "channel_stats",
     "crop_flip",
