@@ -73,8 +73,8 @@ def validate_eval(cfg: DictConfig) -> None:
     _positive("eval.batch_size", ev.batch_size)
     if ev.n_eval is not None:
         _positive("eval.n_eval", ev.n_eval)
-    if ev.checkpoint not in ("last", "best"):
-        raise AdvrwError(f"eval.checkpoint={ev.checkpoint!r} is unknown: choose last or best")
+    if ev.checkpoint not in ("last", "best", "both"):
+        raise AdvrwError(f"eval.checkpoint={ev.checkpoint!r} is unknown: choose last, best or both")
     for name, spec in (ev.attacks or {}).items():
         kind = spec.get("kind")
         if kind not in ATTACK_KINDS:
@@ -141,8 +141,8 @@ def validate_train(cfg: DictConfig) -> None:
         raise AdvrwError(f"logger.name={cfg.logger.name!r} is unknown: choose wandb or none")
     if cfg.dataset.val_size is None or cfg.dataset.val_size < 0:
         raise AdvrwError(f"dataset.val_size={cfg.dataset.val_size} is invalid: must be >= 0")
-    if cfg.eval.checkpoint == "best" and not cfg.dataset.val_size:
-        raise AdvrwError("eval.checkpoint=best needs a validation split: set dataset.val_size > 0 (or eval.checkpoint=last)")
+    from advrw.bestlast import validate_checkpoint_choice
+    validate_checkpoint_choice(cfg)
     amp_dtype(cfg.precision)
     resolve_device(cfg.device)
     from advrw.awp import validate_minimizer

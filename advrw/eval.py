@@ -16,6 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from advrw import bestlast
 from advrw import checkpoint as ckpt_io
 from advrw.config import git_commit, resolve_device, seed_everything, validate_eval
 from advrw.cli import CONF_DIR
@@ -56,7 +57,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     from advrw.report import write_report
     from advrw.suite import run_suite
 
-    path = checkpoint_path(cfg.ckpt, cfg.eval.checkpoint)
+    both = cfg.eval.checkpoint == "both"  # best.pt and last.pt of a run dir (advrw/bestlast.py)
+    path = (checkpoint_path(bestlast.run_dir_for_both(cfg.ckpt), "last") if both
+            else checkpoint_path(cfg.ckpt, cfg.eval.checkpoint))
     obj = ckpt_io.read(path)
     is_advrw = "config" in obj and "model" in obj
     cfg = effective_config(cfg, obj if is_advrw else None)
@@ -87,14 +90,24 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("evaluating %s (%s, epoch %s) with eval=%s on %d %s test images, eps %.4g", path, kind,
              info["epoch"], cfg.eval.name, n_eval, cfg.dataset.name, cfg.eval.eps)
     ev = OmegaConf.to_container(cfg.eval, resolve=True)
-    results, arrays = run_suite(model, x, y, ev, num_classes=data.num_classes, progress=bool(cfg.progress))
-    results["protocol"].update({"checkpoint": {"path": str(path), "kind": kind, "epoch": info["epoch"]},
-                                "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test",
-                                "eval": cfg.eval.name})
-    if is_advrw:
-        tc = obj["config"]
-        results["protocol"].update({"defense": tc["defense"]["name"], "weighting": tc["weighting"]["name"],
-                                    "train_seed": tc.get("seed")})
+    scored = {}
+    for kind in (["best", "last"] if both else [kind]):
+        if both:  # the model holds one checkpoint at a time
+            path = path.parent / f"{kind}.pt"
+            obj = ckpt_io.read(path)
+            ckpt_io.load_model_state(model, ckpt_io.model_state(obj), str(path), cfg.model.name, data.num_classes)
+        results, arrays = run_suite(model, x, y, ev, num_classes=data.num_classes, progress=bool(cfg.progress))
+        results["protocol"].update({"checkpoint": bestlast.protocol(kind, path, obj) if is_advrw else
+                                    {"path": str(path), "kind": kind, "epoch": info["epoch"]},
+                                    "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test",
+                                    "eval": cfg.eval.name})
+        if is_advrw:
+            tc = obj["config"]
+            results["protocol"].update({"defense": tc["defense"]["name"], "weighting": tc["weighting"]["name"],
+                                        "train_seed": tc.get("seed"),
+                                        "minimizer": tc.get("minimizer", {}).get("name", "sgd")})
+        scored[kind] = results
+    results = bestlast.merge(scored)
     write_report(run_dir, results, arrays, data.classes, runlog, plots=bool(cfg.eval.plots))
     runlog.finish()
     return results

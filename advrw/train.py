@@ -264,21 +264,27 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, n_eval: int) -> dict:
-    """The evaluation suite on the test set with the configured checkpoint (last or best)."""
+    """The evaluation suite on the test set with the configured checkpoint (last, best or both)."""
+    from advrw import bestlast
+    from advrw.awp import spec_fields as awp_spec_fields
     from advrw.report import write_report
     from advrw.suite import run_suite
 
-    kind = cfg.eval.checkpoint
-    path = run_dir / f"{kind}.pt"
-    state = ckpt_io.read(path)
-    model.load_state_dict(state["model"])
     x, y = _as_float(data.test_x[:n_eval]), data.test_y[:n_eval]
     ev = OmegaConf.to_container(cfg.eval, resolve=True)
-    results, arrays = run_suite(model, x, y, ev, num_classes=data.num_classes, progress=bool(cfg.progress))
-    results["protocol"].update({"checkpoint": {"path": str(path), "kind": kind, "epoch": state["epoch"]},
-                                "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test",
-                                "defense": cfg.defense.name, "weighting": cfg.weighting.name,
-                                "eval": cfg.eval.name, "train_seed": int(cfg.seed)})
+    scored = {}
+    for kind in bestlast.kinds(cfg.eval.checkpoint):
+        path = run_dir / f"{kind}.pt"
+        state = ckpt_io.read(path)
+        model.load_state_dict(state["model"])
+        results, arrays = run_suite(model, x, y, ev, num_classes=data.num_classes, progress=bool(cfg.progress))
+        results["protocol"].update({"checkpoint": bestlast.protocol(kind, path, state),
+                                    "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test",
+                                    "defense": cfg.defense.name, "weighting": cfg.weighting.name,
+                                    "eval": cfg.eval.name, "train_seed": int(cfg.seed),
+                                    "minimizer": awp_spec_fields(cfg)})
+        scored[kind] = results
+    results = bestlast.merge(scored)  # figures and W&B tables: the last scored (last with both)
     write_report(run_dir, results, arrays, data.classes, runlog, plots=bool(cfg.eval.plots))
     return results
 
