@@ -15,6 +15,9 @@ from advrw.cli import CONF_DIR
 from advrw.config import validate_train
 from advrw.errors import AdvrwError
 
+# Tiny models on a shared 2-core box: one torch thread per process avoids busy-waiting.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
 
 def best_epoch(run_dir) -> int:
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -43,10 +46,12 @@ def test_awp_with_extra_data_resumes_bitwise_and_scores_best_and_last(run_cli, t
     common = ["experiment=smoke", "minimizer=awp", "minimizer.gamma=0.02", "minimizer.warmup=1",
               "schedule.epochs=2", "dataset.n_train=256", "validation.n=32", f"dataset.extra_npz={npz}",
               "dataset.extra_fraction=0.5", "eval.n_eval=16", "eval.checkpoint=both"]
-    ok(run_cli("train", *common, f"hydra.run.dir={tmp_path / 'full'}"))
-    ok(run_cli("train", *common, "stop_after=1", f"hydra.run.dir={tmp_path / 'part'}"))
+    one = {"env": ONE_THREAD}
+    ok(run_cli("train", *common, f"hydra.run.dir={tmp_path / 'full'}", **one))
+    ok(run_cli("train", *common, "stop_after=1", f"hydra.run.dir={tmp_path / 'part'}", **one))
     # epoch 1 (AWP on after its 1-epoch warm-up) runs in the resumed process; it scores last only
-    ok(run_cli("train", f"resume={tmp_path / 'part'}", "eval.checkpoint=last", f"hydra.run.dir={tmp_path / 'resumed'}"))
+    ok(run_cli("train", f"resume={tmp_path / 'part'}", "eval.checkpoint=last", f"hydra.run.dir={tmp_path / 'resumed'}",
+               **one))
     full = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model"]
     resumed = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["model"]
     assert full.keys() == resumed.keys()
@@ -63,7 +68,7 @@ def test_awp_with_extra_data_resumes_bitwise_and_scores_best_and_last(run_cli, t
 
 def test_eval_cli_scores_best_and_last(run_cli, tmp_path, trained_run):
     ok(run_cli("eval", f"ckpt={trained_run}", "eval=quick", "eval.checkpoint=both", "logger=none",
-               f"hydra.run.dir={tmp_path / 'both'}"))
+               f"hydra.run.dir={tmp_path / 'both'}", env=ONE_THREAD))
     res = results(tmp_path / "both")
     check_both(res, trained_run)
     assert res["checkpoints"]["last"]["clean"]["accuracy"] == pytest.approx(results(trained_run)["clean"]["accuracy"])
