@@ -11,9 +11,12 @@ results.json keep working (``protocol.top_level_checkpoint`` says so).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from advrw.errors import AdvrwError
+
+log = logging.getLogger(__name__)
 
 CHOICES = ("last", "best", "both")
 
@@ -37,6 +40,11 @@ def merge(per_kind: dict[str, dict]) -> dict:
     """One results dict: last's numbers at the top, every scored checkpoint under ``checkpoints``."""
     if set(per_kind) != {"best", "last"}:
         return next(iter(per_kind.values()))
+    for kind in ("best", "last"):
+        r = per_kind[kind]
+        log.info("%s (epoch %s): clean %.2f%%, %s", kind, r["protocol"]["checkpoint"].get("epoch"),
+                 100 * r["clean"]["accuracy"],
+                 ", ".join(f"{n} {100 * e['robust_accuracy']:.2f}%" for n, e in r.get("attacks", {}).items()))
     top = dict(per_kind["last"])
     top["protocol"] = {**top["protocol"], "top_level_checkpoint": "last"}
     top["checkpoints"] = {"best": per_kind["best"], "last": per_kind["last"]}

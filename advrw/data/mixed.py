@@ -21,6 +21,7 @@ concatenated set (the extra rows are then just more training rows).
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Iterator
 
@@ -28,6 +29,8 @@ import torch
 
 from advrw.data.batches import crop_flip
 from advrw.errors import AdvrwError
+
+log = logging.getLogger(__name__)
 
 
 def extra_per_batch(fraction: float, batch_size: int) -> int:
@@ -124,6 +127,10 @@ def validate_extra(cfg) -> None:
 
 def mixed_batches(data, cfg, generator: torch.Generator | None, start_epoch: int) -> MixedBatches:
     """The trainer's batch source for ``dataset.extra_fraction`` (see the module docstring)."""
-    return MixedBatches(data.train_x, data.train_y, data.n_extra, int(cfg.schedule.batch_size),
+    mb = MixedBatches(data.train_x, data.train_y, data.n_extra, int(cfg.schedule.batch_size),
                         float(cfg.dataset.extra_fraction), augment=data.augment, generator=generator,
                         extra_seed=int(cfg.seed), start_epoch=start_epoch)
+    log.info("extra data: %d of %d images per batch are extra (%.4f; dataset.extra_fraction=%s); an epoch is %d "
+             "batches over the %d original images, %d extra images", mb.k, mb.batch_size, mb.k / mb.batch_size,
+             cfg.dataset.extra_fraction, len(mb), mb.n_orig, mb.extras_per_epoch())
+    return mb
