@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from advrw.attacks.fat import validate_attack
 from advrw.attacks.pgd import check_budget
 from advrw.errors import AdvrwError
 
@@ -118,6 +119,7 @@ def validate_train(cfg: DictConfig) -> None:
         raise AdvrwError(f"weighting.combine={cfg.weighting.combine!r} is unknown: choose one of {', '.join(COMBINES)}")
     a = cfg.attack
     check_budget(a.eps, a.step, a.steps, a.init, a.bn_mode, prefix="attack")
+    validate_attack(cfg)  # FAT / clamp_start / GAIRAT half_steps keys
     losses = ("auto", "ce", "kl", "cw", "scaled_ce")
     if a.get("loss", "auto") not in losses:
         raise AdvrwError(f"attack.loss={a.loss!r} is unknown: choose one of {', '.join(losses)}")
