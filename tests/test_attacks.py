@@ -85,7 +85,8 @@ YZ = torch.tensor([0, 1, 2])
 
 
 def test_objectives_registry():
-    assert set(OBJECTIVES) == {"ce", "kl", "cw", "weighted_ce", "weighted_kl", "scaled_ce"}
+    assert set(OBJECTIVES) == {"ce", "kl", "cw", "weighted_ce", "weighted_kl", "scaled_ce", "true_logit",
+                               "neg_true_logit", "max_other_logit", "target_logit", "targeted_margin"}
     with pytest.raises(AdvrwError, match="nope_obj"):
         get_objective("nope_obj")
 
