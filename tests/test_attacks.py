@@ -149,8 +149,9 @@ def test_pgd_stays_in_ball_and_box(init, objective):
     x, y = make_data()
     eps = 0.05
     ref = ref_logits_for(net, x) if "kl" in objective else None
+    target = (y + 1) % C if "target" in objective else None
     res = pgd(net, x, y, eps=eps, step=0.02, steps=3, init=init, objective=objective, ref_logits=ref,
-              generator=gen())
+              generator=gen(), target=target)
     assert res.x_adv.shape == x.shape and res.x_adv.dtype == x.dtype
     assert (res.x_adv - x).abs().max().item() <= eps + 1e-6
     assert res.x_adv.min().item() >= 0.0 and res.x_adv.max().item() <= 1.0
@@ -449,3 +450,19 @@ def test_restarts_zero_rejected():
     x, y = make_data(n=2)
     with pytest.raises(AdvrwError, match="restarts=0"):
         pgd(net, x, y, eps=0.03, step=0.01, steps=1, restarts=0)
+
+
+def test_margin_decomposition_objectives_hand():
+    # Z rows: [1, 3, 2] y=0; [0, 0.5, -1] y=1; [2, 2, 0] y=2
+    from advrw.attacks.objectives import max_other_logit, neg_true_logit, target_logit, targeted_margin, true_logit
+
+    torch.testing.assert_close(true_logit(Z, YZ), torch.tensor([1.0, 0.5, 0.0]))
+    torch.testing.assert_close(neg_true_logit(Z, YZ), torch.tensor([-1.0, -0.5, 0.0]))
+    torch.testing.assert_close(max_other_logit(Z, YZ), torch.tensor([3.0, 0.0, 2.0]))
+    t = torch.tensor([2, 0, 1])
+    torch.testing.assert_close(target_logit(Z, YZ, target=t), torch.tensor([2.0, 0.0, 2.0]))
+    torch.testing.assert_close(targeted_margin(Z, YZ, target=t), torch.tensor([1.0, -0.5, 2.0]))
+    # the two terms add up to the CW margin
+    torch.testing.assert_close(max_other_logit(Z, YZ) + neg_true_logit(Z, YZ), cw(Z, YZ))
+    with pytest.raises(AdvrwError, match="target"):
+        target_logit(Z, YZ)
