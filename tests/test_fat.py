@@ -159,3 +159,13 @@ def test_validation_names_the_key(overrides, bad):
         cfg = compose(config_name="train", overrides=["experiment=smoke", *overrides])
     with pytest.raises(AdvrwError, match=r"^" + bad.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
         validate_train(cfg)
+
+
+def test_cli_fat_with_gairat_trains(run_cli, tmp_path):
+    from conftest import ok, results
+
+    run_dir = tmp_path / "fat"
+    ok(run_cli("train", "experiment=smoke", "attack=fat", "weighting=gairat", "weighting.half_steps=code",
+               "schedule.burn_in=0", "schedule.epochs=1", "attack.tau_milestones=[1]", "dataset.n_train=128",
+               "dataset.val_size=0", "eval.n_eval=16", f"hydra.run.dir={run_dir}"))
+    assert results(run_dir)["protocol"]["n_eval"] == 16
