@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advrw.attacks import OBJECTIVES, check_budget, fgsm, get_objective, model_mode, pgd, prob_margin
+from advrw.attacks import OBJECTIVES, check_budget, fgsm, get_objective, model_mode, pgd, prob_margin, random_start
 from advrw.attacks.objectives import ce, cw, kl, scaled_ce, weighted_ce, weighted_kl
 from advrw.errors import AdvrwError
 
@@ -466,3 +466,22 @@ def test_margin_decomposition_objectives_hand():
     torch.testing.assert_close(max_other_logit(Z, YZ) + neg_true_logit(Z, YZ), cw(Z, YZ))
     with pytest.raises(AdvrwError, match="target"):
         target_logit(Z, YZ)
+
+
+# ----------------------------------------------------------------------------- start clamp
+
+
+def test_clamp_start_knob():
+    x = torch.zeros(4, 3, 5, 5)
+    x[:, 1] = 1.0
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    free = random_start(x, 0.1, "uniform", g(), clamp=False)
+    clipped = random_start(x, 0.1, "uniform", g())
+    assert free.min() < 0 and free.max() > 1 and (free - x).abs().max() <= 0.1
+    assert torch.equal(clipped, free.clamp(0, 1))
+    assert torch.equal(random_start(x, 0.1, "normal", g(), clamp=False),
+                       x + 0.001 * torch.randn(x.shape, generator=g()))
+    # after one step the projection puts both back in the box
+    res = pgd(make_net(), *make_data(n=4), eps=0.1, step=0.01, steps=1,
+              clamp_start=False, generator=g())
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1

@@ -3,17 +3,14 @@ GAIRAT's int(K/2) knob (issue 8, attack side)."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
 
-from advrw.attacks import pgd, random_start
+from advrw.attacks import pgd
 from advrw.attacks.fat import tau_at_epoch
 from advrw.errors import AdvrwError
 from advrw.step import StepSpec, adversarial_examples
-from advrw.weighting import gairat
 
 
 def threshold_model(c=0.535, slope=10.0):
@@ -97,45 +94,6 @@ def test_step_spec_reads_tau_for_the_epoch():
     y = torch.zeros(1, dtype=torch.long)
     ends = [adversarial_examples(threshold_model(), X[:1], y, spec.at_epoch(e))[0].item() for e in (0, 60, 100)]
     assert ends == pytest.approx([0.54, 0.55, 0.56], abs=1e-6)
-
-
-# ----------------------------------------------------------------------------- start clamp
-
-
-def test_clamp_start_knob():
-    x = torch.zeros(4, 3, 5, 5)
-    x[:, 1] = 1.0
-    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    free = random_start(x, 0.1, "uniform", g(), clamp=False)
-    clipped = random_start(x, 0.1, "uniform", g())
-    assert free.min() < 0 and free.max() > 1 and (free - x).abs().max() <= 0.1
-    assert torch.equal(clipped, free.clamp(0, 1))
-    assert torch.equal(random_start(x, 0.1, "normal", g(), clamp=False),
-                       x + 0.001 * torch.randn(x.shape, generator=g()))
-    # after one step the projection puts both back in the box
-    res = pgd(conv_net(), torch.rand(4, 3, 6, 6), torch.zeros(4, dtype=torch.long), eps=0.1, step=0.01, steps=1,
-              clamp_start=False, generator=g())
-    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
-
-
-# ----------------------------------------------------------------------------- GAIRAT int(K/2)
-
-
-def test_gairat_half_steps_paper_vs_code():
-    kappa = torch.tensor([0, 2, 3, 5])
-    paper = gairat(None, None, torch.zeros(4, dtype=torch.long), kappa, steps=5, normalize=False)
-    code = gairat(None, None, torch.zeros(4, dtype=torch.long), kappa, steps=5, normalize=False, half_steps="code")
-    # paper: tanh(-1 + 5 (1 - 2 kappa / 5)); code: h = int(5/2) = 2, tanh(-1 + 5 (2 - kappa) / 2)
-    hand_p = [(1 + math.tanh(-1 + 5 * (1 - 2 * k / 5))) / 2 for k in (0, 2, 3, 5)]
-    hand_c = [(1 + math.tanh(-1 + 5 * (2 - k) / 2)) / 2 for k in (0, 2, 3, 5)]
-    torch.testing.assert_close(paper, torch.tensor(hand_p))
-    torch.testing.assert_close(code, torch.tensor(hand_c))
-    assert abs(hand_p[1] - hand_c[1]) > 0.1  # odd K: they really differ
-    even = dict(steps=10, normalize=False)
-    torch.testing.assert_close(gairat(None, None, kappa, kappa, **even),
-                               gairat(None, None, kappa, kappa, half_steps="code", **even))
-    with pytest.raises(AdvrwError, match="half_steps='int'"):
-        gairat(None, None, kappa, kappa, half_steps="int")
 
 
 # ----------------------------------------------------------------------------- validation of the new keys
