@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from advrw.attacks.fat import validate_attack
+from advrw.attacks.mde import validate_eval_attack
 from advrw.attacks.pgd import check_budget
 from advrw.errors import AdvrwError
 
@@ -81,6 +83,7 @@ def validate_eval(cfg: DictConfig) -> None:
             raise AdvrwError(f"eval.attacks.{name}.kind={kind!r} is unknown: choose one of {', '.join(ATTACK_KINDS)}")
         if kind == "pgd":
             check_budget(ev.eps, spec.step, spec.steps, spec.get("init", "uniform"), prefix=f"eval.attacks.{name}")
+        validate_eval_attack(name, spec)  # apgd_ce / mde keys
     for name in as_list(ev.get("only")):
         if name not in (ev.attacks or {}):
             raise AdvrwError(f"eval.only names attack {name!r}, which eval={ev.name} does not have: "
@@ -118,6 +121,7 @@ def validate_train(cfg: DictConfig) -> None:
         raise AdvrwError(f"weighting.combine={cfg.weighting.combine!r} is unknown: choose one of {', '.join(COMBINES)}")
     a = cfg.attack
     check_budget(a.eps, a.step, a.steps, a.init, a.bn_mode, prefix="attack")
+    validate_attack(cfg)  # FAT / clamp_start / GAIRAT half_steps keys
     losses = ("auto", "ce", "kl", "cw", "scaled_ce")
     if a.get("loss", "auto") not in losses:
         raise AdvrwError(f"attack.loss={a.loss!r} is unknown: choose one of {', '.join(losses)}")

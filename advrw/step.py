@@ -7,12 +7,13 @@ It returns device tensors only -- no ``.item()`` -- so the loop decides when to 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from advrw import awp
 from advrw.attacks import model_mode, pgd
+from advrw.attacks.fat import tau_at_epoch
 from advrw.attacks.pgd import autocast
 from advrw.defenses import NEEDS_NATURAL as DEFENSE_NEEDS_NATURAL
 from advrw.defenses import defense_loss
@@ -39,6 +40,19 @@ class StepSpec:
     minimizer: str = "sgd"  # sgd | awp (advrw/awp.py)
     awp_gamma: float = 0.0
     awp_warmup: int = 0
+    clamp_start: bool = True
+    tau: int | None = None  # FAT's early stop (None = plain PGD); the value at epoch 1
+    tau_milestones: tuple = ()  # FAT's dynamic tau: +1 after each of these (1-indexed) epochs
+    omega: float = 0.0  # FAT's per-step noise
+    epoch: int = 0  # 0-indexed; only the tau schedule reads it
+
+    def at_epoch(self, epoch: int) -> "StepSpec":
+        """The spec for a 0-indexed training epoch (only FAT's tau schedule depends on it)."""
+        return self if self.tau is None or not self.tau_milestones else replace(self, epoch=epoch)
+
+    @property
+    def current_tau(self) -> int | None:
+        return None if self.tau is None else tau_at_epoch(self.epoch + 1, self.tau, self.tau_milestones)
 
     @property
     def objective(self) -> str:
@@ -78,7 +92,8 @@ def adversarial_examples(model, x, y, spec: StepSpec, generator=None):
             ref = _forward(model, x, spec.amp_dtype).float()
     res = pgd(model, x, y, eps=spec.eps, step=spec.step, steps=spec.steps, init=spec.init,
               objective=spec.objective, ref_logits=ref, alpha=spec.attack_alpha, bn_mode=spec.bn_mode,
-              track_kappa=spec.scheme == "gairat", generator=generator, amp_dtype=spec.amp_dtype)
+              track_kappa=spec.scheme == "gairat", generator=generator, amp_dtype=spec.amp_dtype,
+              clamp_start=spec.clamp_start, tau=spec.current_tau, omega=spec.omega)
     return res.x_adv, res.kappa
 
 

@@ -21,7 +21,9 @@ from advrw.config import as_list
 
 log = logging.getLogger(__name__)
 
-ATTACK_KINDS = ("fgsm", "pgd", "autoattack", "square", "spsa", "fmn")
+ATTACK_KINDS = ("fgsm", "pgd", "autoattack", "apgd_ce", "mde", "square", "spsa", "fmn")
+# Protocol keys an APGD-CE-only run keeps from the AutoAttack adapter's record.
+_APGD_KEYS = ("library", "library_version", "attacks", "n_iter", "norm", "batch_size", "n_invalid")
 
 
 @dataclass
@@ -90,6 +92,20 @@ def _library_attack(model, x, y, spec, eps, *, batch_size, seed):
     if kind == "autoattack":
         return external.run_autoattack(model, x, y, eps=eps, version=spec.get("version", "standard"), seed=seed,
                                        batch_size=batch_size)
+    if kind == "apgd_ce":  # AutoAttack's first stage alone, its official budget (100 iterations)
+        res = external.run_autoattack(model, x, y, eps=eps, seed=seed, batch_size=batch_size, attacks=["apgd-ce"],
+                                      apgd_restarts=int(spec.get("restarts", 1)))
+        res.protocol = {**{k: res.protocol[k] for k in _APGD_KEYS}, "loss": "ce",
+                        "restarts": res.protocol["restarts"]["apgd-ce"]}
+        res.per_attack = {}
+        return res
+    if kind == "mde":
+        from advrw.attacks.mde import STAGES, run_mde
+
+        return run_mde(model, x, y, eps=eps, steps=int(spec.get("steps", 50)),
+                       change_point=int(spec.get("change_point", 20)),
+                       n_target_classes=int(spec.get("n_target_classes", 9)), stages=spec.get("stages", STAGES),
+                       seed=seed, batch_size=batch_size)
     if kind == "square":
         return external.run_square(model, x, y, eps=eps, n_queries=int(spec.get("n_queries", 5000)),
                                    p_init=float(spec.get("p_init", 0.8)), seed=seed, batch_size=batch_size)
@@ -129,7 +145,7 @@ def black_box(model, x, y, spec, eps, *, batch_size, seed, only, desc, progress=
     proto.update({"attack": spec["kind"], "eps": eps, "n_eval": len(x), "n_attacked": len(idx), "seed": seed})
     proto.pop("n", None)
     extra = {}
-    if spec["kind"] == "autoattack":
+    if spec["kind"] in ("autoattack", "mde"):
         # robust accuracy over the whole evaluated set after each stage of the cascade
         extra = {"per_attack": {k: v / len(x) for k, v in per_attack.items()}, "warnings": warnings}
     return AttackOutput(logits, robust, proto, extra)
@@ -228,7 +244,7 @@ def run_suite(model, x, y, ev, *, num_classes, progress=True) -> tuple[dict, dic
 
 def _short(proto: dict) -> str:
     keys = ("attack", "objective", "eps", "steps", "step", "restarts", "n_iter", "n_queries", "square_queries",
-            "nb_iter", "nb_sample", "delta", "lr", "n_eval")
+            "nb_iter", "nb_sample", "delta", "lr", "md_steps", "change_point", "n_eval")
     return ", ".join(f"{k}={proto[k]:.4g}" if isinstance(proto.get(k), float) else f"{k}={proto[k]}"
                      for k in keys if k in proto and not isinstance(proto[k], dict))
 

@@ -25,6 +25,7 @@ from advrw.config import (amp_dtype, check_writable, git_commit, resolve_device,
 from advrw.cli import CONF_DIR
 from advrw.errors import AdvrwError
 from advrw.runlog import RunLog, write_json
+from advrw.attacks.fat import fat_spec_kwargs
 from advrw.step import StepSpec, train_step
 
 log = logging.getLogger("advrw.train")
@@ -45,11 +46,11 @@ def step_spec(cfg: DictConfig) -> StepSpec:
     hp = scheme_hparams(w)
     hp.pop("burn_in", None)
     return StepSpec(
-        defense=d.pop("name"), defense_kwargs={k: v for k, v in d.items() if k != "attack_init"},
+        defense=d.pop("name"), defense_kwargs={k: v for k, v in d.items() if not k.startswith("attack_")},
         scheme=w["name"], scheme_hparams=hp, detach=bool(w["detach"]), combine=w["combine"],
         eps=float(cfg.attack.eps), step=float(cfg.attack.step), steps=int(cfg.attack.steps), init=cfg.attack.init,
         bn_mode=cfg.attack.bn_mode, attack_loss=cfg.attack.get("loss", "auto"), weighted_attack=bool(cfg.attack.weighted), attack_alpha=float(cfg.attack.alpha),
-        amp_dtype=amp_dtype(cfg.precision), **awp_spec_fields(cfg))
+        amp_dtype=amp_dtype(cfg.precision), **fat_spec_kwargs(cfg.attack), **awp_spec_fields(cfg))
 
 
 def build_model_for(cfg: DictConfig, data, device):
@@ -207,7 +208,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         for i, (x, y) in enumerate(bar):
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = train_step(model, opt, x, y, spec, burn_in=burn_in, generator=gen, epoch=epoch)
+            out = train_step(model, opt, x, y, spec.at_epoch(epoch), burn_in=burn_in, generator=gen, epoch=epoch)
             sums["loss"] += out["loss"] * len(y)
             sums["correct_adv"] += out["correct_adv"]
             class_w.index_add_(0, y, out["w"])

@@ -38,16 +38,29 @@ def none(z_nat, z_adv, y, kappa=None) -> torch.Tensor:
     return torch.ones(len(y), device=y.device)
 
 
+HALF_STEPS = ("paper", "code")
+
+
 def gairat(z_nat, z_adv, y, kappa=None, *, lam: float = -1.0, steps: int = 10,
-           normalize: bool = True) -> torch.Tensor:
+           normalize: bool = True, half_steps: str = "paper") -> torch.Tensor:
     """GAIRAT (Zhang et al. 2021): ``w = (1 + tanh(lam + 5 (1 - 2 kappa / K))) / 2``.
 
     ``kappa`` counts the PGD iterates (start counted, final not) still classified correctly,
     ``K = steps`` of the training attack; the paper's ``lambda`` is ``lam`` (default -1).
-    Normalised to ``w * m / sum(w)`` as in the public code.
+    Normalised to ``w * m / sum(w)`` as in the public code. ``half_steps``: ``paper`` uses
+    ``K/2`` (the formula above); ``code`` uses the public code's ``int(K/2)``, i.e.
+    ``tanh(lam + 5 (h - kappa) / h)`` with ``h = K // 2`` -- the same for even K, not for odd K.
     """
     kappa = _need("kappa (from the training attack)", "gairat", kappa).float()
-    w = (1.0 + torch.tanh(lam + 5.0 * (1.0 - 2.0 * kappa / steps))) / 2.0
+    if half_steps == "paper":
+        w = (1.0 + torch.tanh(lam + 5.0 * (1.0 - 2.0 * kappa / steps))) / 2.0
+    elif half_steps == "code":
+        h = int(steps) // 2
+        if h < 1:
+            raise AdvrwError(f"weighting.half_steps=code needs attack.steps >= 2 (int(K/2) >= 1), got K={steps}")
+        w = (1.0 + torch.tanh(lam + 5.0 * (h - kappa) / h)) / 2.0
+    else:
+        raise AdvrwError(f"weighting.half_steps={half_steps!r} is unknown: choose one of {', '.join(HALF_STEPS)}")
     return batch_normalize(w) if normalize else w
 
 

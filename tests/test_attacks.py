@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advrw.attacks import OBJECTIVES, check_budget, fgsm, get_objective, model_mode, pgd, prob_margin
+from advrw.attacks import OBJECTIVES, check_budget, fgsm, get_objective, model_mode, pgd, prob_margin, random_start
 from advrw.attacks.objectives import ce, cw, kl, scaled_ce, weighted_ce, weighted_kl
 from advrw.errors import AdvrwError
 
@@ -85,7 +85,8 @@ YZ = torch.tensor([0, 1, 2])
 
 
 def test_objectives_registry():
-    assert set(OBJECTIVES) == {"ce", "kl", "cw", "weighted_ce", "weighted_kl", "scaled_ce"}
+    assert set(OBJECTIVES) == {"ce", "kl", "cw", "weighted_ce", "weighted_kl", "scaled_ce", "true_logit",
+                               "neg_true_logit", "max_other_logit", "target_logit", "targeted_margin"}
     with pytest.raises(AdvrwError, match="nope_obj"):
         get_objective("nope_obj")
 
@@ -148,8 +149,9 @@ def test_pgd_stays_in_ball_and_box(init, objective):
     x, y = make_data()
     eps = 0.05
     ref = ref_logits_for(net, x) if "kl" in objective else None
+    target = (y + 1) % C if "target" in objective else None
     res = pgd(net, x, y, eps=eps, step=0.02, steps=3, init=init, objective=objective, ref_logits=ref,
-              generator=gen())
+              generator=gen(), target=target)
     assert res.x_adv.shape == x.shape and res.x_adv.dtype == x.dtype
     assert (res.x_adv - x).abs().max().item() <= eps + 1e-6
     assert res.x_adv.min().item() >= 0.0 and res.x_adv.max().item() <= 1.0
@@ -448,3 +450,38 @@ def test_restarts_zero_rejected():
     x, y = make_data(n=2)
     with pytest.raises(AdvrwError, match="restarts=0"):
         pgd(net, x, y, eps=0.03, step=0.01, steps=1, restarts=0)
+
+
+def test_margin_decomposition_objectives_hand():
+    # Z rows: [1, 3, 2] y=0; [0, 0.5, -1] y=1; [2, 2, 0] y=2
+    from advrw.attacks.objectives import max_other_logit, neg_true_logit, target_logit, targeted_margin, true_logit
+
+    torch.testing.assert_close(true_logit(Z, YZ), torch.tensor([1.0, 0.5, 0.0]))
+    torch.testing.assert_close(neg_true_logit(Z, YZ), torch.tensor([-1.0, -0.5, 0.0]))
+    torch.testing.assert_close(max_other_logit(Z, YZ), torch.tensor([3.0, 0.0, 2.0]))
+    t = torch.tensor([2, 0, 1])
+    torch.testing.assert_close(target_logit(Z, YZ, target=t), torch.tensor([2.0, 0.0, 2.0]))
+    torch.testing.assert_close(targeted_margin(Z, YZ, target=t), torch.tensor([1.0, -0.5, 2.0]))
+    # the two terms add up to the CW margin
+    torch.testing.assert_close(max_other_logit(Z, YZ) + neg_true_logit(Z, YZ), cw(Z, YZ))
+    with pytest.raises(AdvrwError, match="target"):
+        target_logit(Z, YZ)
+
+
+# ----------------------------------------------------------------------------- start clamp
+
+
+def test_clamp_start_knob():
+    x = torch.zeros(4, 3, 5, 5)
+    x[:, 1] = 1.0
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    free = random_start(x, 0.1, "uniform", g(), clamp=False)
+    clipped = random_start(x, 0.1, "uniform", g())
+    assert free.min() < 0 and free.max() > 1 and (free - x).abs().max() <= 0.1
+    assert torch.equal(clipped, free.clamp(0, 1))
+    assert torch.equal(random_start(x, 0.1, "normal", g(), clamp=False),
+                       x + 0.001 * torch.randn(x.shape, generator=g()))
+    # after one step the projection puts both back in the box
+    res = pgd(make_net(), *make_data(n=4), eps=0.1, step=0.01, steps=1,
+              clamp_start=False, generator=g())
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1

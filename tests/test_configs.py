@@ -47,6 +47,7 @@ def one_step(cfg):
 def test_groups_have_the_expected_options():
     assert options("weighting") == ["ewat", "gairat", "mail", "margin_exp", "none", "vir"]
     assert options("defense") == ["at", "mart", "trades"]
+    assert options("attack") == ["fat", "pgd"]
     assert {"quick", "standard", "full", "autoattack", "nonuniform"} == set(options("eval"))
     assert len(options("experiment")) >= 13
 
@@ -108,6 +109,22 @@ def test_paper_defaults():
     assert g.attack.init == "uniform" and g.schedule.burn_in == 59 and g.attack.steps == 10  # K of kappa
     me = make(["weighting=margin_exp"])
     assert me.weighting.alpha == 0.1 and me.weighting.detach is False
+    # SPEC 3: the scheme's combos attack with weighted PGD (overridable); SPEC 2: each paper's start clamp
+    for d in ("at", "trades", "mart"):
+        assert make(["weighting=margin_exp", f"defense={d}"]).attack.weighted is True
+    assert make(["weighting=margin_exp", "attack.weighted=false"]).attack.weighted is False
+    clamps = {("none", "at"): True, ("none", "trades"): False, ("none", "mart"): False, ("gairat", "at"): True,
+              ("mail", "at"): False, ("mail", "trades"): False, ("vir", "at"): False, ("vir", "trades"): False,
+              ("margin_exp", "at"): False, ("margin_exp", "trades"): False}
+    for (w, d), clamp in clamps.items():
+        assert make([f"weighting={w}", f"defense={d}"]).attack.clamp_start is clamp, (w, d)
+    assert make(["defense=trades", "attack.clamp_start=true"]).attack.clamp_start is True
+    assert g.weighting.half_steps == "paper"
+    fat = make(["experiment=fat_rn18_cifar10"])
+    assert (fat.attack.name, fat.attack.tau, list(fat.attack.tau_milestones), fat.attack.omega) == ("fat", 0, [50, 90], 0.001)
+    assert fat.attack.init == "uniform" and fat.attack.clamp_start and fat.attack.steps == 10
+    assert (fat.schedule.lr, fat.schedule.weight_decay, fat.schedule.epochs) == (0.01, 0.0035, 120)
+    assert step_spec(fat).at_epoch(60).current_tau == 1 and step_spec(make([])).tau is None
     # the command line still wins over presets and combos
     assert make(["weighting=vir", "defense=trades", "weighting.gamma=5"]).weighting.gamma == 5
     assert make(["experiment=smoke", "weighting=vir", "weighting.beta=0.1"]).weighting.beta == 0.1

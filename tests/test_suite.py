@@ -121,3 +121,18 @@ def test_autoattack_at_most_pgd(tiny):
     assert (aa.robust & clean).float().mean() <= (pgd.robust & clean).float().mean()
     assert aa.protocol["attack"] == "autoattack" and aa.protocol["eps"] == pytest.approx(EPS)
     assert "warnings" in aa.extra
+
+
+def test_apgd_ce_at_most_pgd20_with_its_own_protocol(tiny):
+    model, x, y = tiny
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    pgd20 = {"kind": "pgd", "objective": "ce", "steps": 20, "step": EPS / 10, "restarts": 1, "init": "uniform"}
+    ev = _ev(attacks={"pgd20": pgd20, "apgd_ce": {"kind": "apgd_ce", "restarts": 1}})
+    res, _ = run_suite(model, x, y, ev, num_classes=10, progress=False)
+    a, p = res["attacks"]["apgd_ce"], res["attacks"]["pgd20"]
+    assert a["robust_accuracy"] <= p["robust_accuracy"] < clean.float().mean().item()
+    proto = a["protocol"]
+    assert (proto["attack"], proto["attacks"], proto["n_iter"], proto["restarts"], proto["loss"]) == (
+        "apgd_ce", ["apgd-ce"], 100, 1, "ce")
+    assert proto["library"] == "pyautoattack" and "target_classes" not in proto and "per_attack" not in a

@@ -397,3 +397,23 @@ def test_needs_natural():
     assert needs_natural("mail", {"pm": "dif"}) is True
     for name in ("none", "gairat", "ewat", "margin_exp"):
         assert needs_natural(name, {}) is False
+
+
+# ----------------------------------------------------------------------------- GAIRAT int(K/2)
+
+
+def test_gairat_half_steps_paper_vs_code():
+    kappa = torch.tensor([0, 2, 3, 5])
+    paper = gairat(None, None, torch.zeros(4, dtype=torch.long), kappa, steps=5, normalize=False)
+    code = gairat(None, None, torch.zeros(4, dtype=torch.long), kappa, steps=5, normalize=False, half_steps="code")
+    # paper: tanh(-1 + 5 (1 - 2 kappa / 5)); code: h = int(5/2) = 2, tanh(-1 + 5 (2 - kappa) / 2)
+    hand_p = [(1 + math.tanh(-1 + 5 * (1 - 2 * k / 5))) / 2 for k in (0, 2, 3, 5)]
+    hand_c = [(1 + math.tanh(-1 + 5 * (2 - k) / 2)) / 2 for k in (0, 2, 3, 5)]
+    torch.testing.assert_close(paper, torch.tensor(hand_p))
+    torch.testing.assert_close(code, torch.tensor(hand_c))
+    assert abs(hand_p[1] - hand_c[1]) > 0.1  # odd K: they really differ
+    even = dict(steps=10, normalize=False)
+    torch.testing.assert_close(gairat(None, None, kappa, kappa, **even),
+                               gairat(None, None, kappa, kappa, half_steps="code", **even))
+    with pytest.raises(AdvrwError, match="half_steps='int'"):
+        gairat(None, None, kappa, kappa, half_steps="int")

@@ -205,6 +205,7 @@ class _Capture(logging.Handler):
         log.log(record.levelno, "auto-attack: %s", record.getMessage())
 
 
+_AA_STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
 _PROGRESS = re.compile(r"^(\S+) - \d+/\d+ - (\d+) out of (\d+) successfully perturbed$")
 
 
@@ -212,8 +213,13 @@ _PROGRESS = re.compile(r"^(\S+) - \d+/\d+ - (\d+) out of (\d+) successfully pert
 
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                    norm: str = "Linf", version: str = "standard", seed: int = 0,
-                   batch_size: int = 500, device=None) -> AutoAttackResult:
+                   batch_size: int = 500, device=None, attacks: list[str] | None = None,
+                   apgd_restarts: int | None = None) -> AutoAttackResult:
     """AutoAttack from ``pyautoattack`` with its official budgets; worst case per example.
+
+    ``attacks`` (e.g. ``["apgd-ce"]``) runs only those stages of the package's cascade, each with
+    the budget ``version='standard'`` gives it (pyautoattack's ``version='custom'``);
+    ``apgd_restarts`` overrides APGD-CE's restarts (standard: 1).
 
     ``per_attack`` is recomputed exactly from the cascade's per-batch success counts (logged at
     DEBUG by pyautoattack). With fewer than 10 classes the 9 target classes of APGD-T / FAB-T
@@ -224,6 +230,10 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
         raise AdvrwError(f"norm={norm!r} is invalid: AutoAttack supports 'Linf', 'L2', 'L1'")
     if version not in ("standard", "plus", "rand"):
         raise AdvrwError(f"version={version!r} is invalid: must be 'standard', 'plus' or 'rand'")
+    if attacks is not None and (not attacks or any(a not in _AA_STAGES for a in attacks)):
+        raise AdvrwError(f"attacks={attacks!r} is invalid: choose from {', '.join(_AA_STAGES)}")
+    if apgd_restarts is not None:
+        _check_positive("apgd_restarts", apgd_restarts, integer=True)
     _check_positive("seed", seed, integer=True, allow_zero=True)
     x, y = _prepare(x, y, eps, batch_size, device)
     if x.shape[0] == 0:
@@ -243,7 +253,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
         with torch.no_grad():
             logits0 = model(x[:1])
         n_classes = int(logits0.shape[1])
-        if n_classes < 4:
+        if n_classes < 4 and (attacks is None or any(a in ("apgd-t", "fab-t") for a in attacks)):
             raise AdvrwError(f"model has {n_classes} classes: AutoAttack '{version}' (targeted DLR) "
                              "needs at least 4")
         _check_labels_in_range(y, n_classes)
@@ -262,6 +272,11 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
             capped = adversary.apgd_targeted.n_target_classes > n_targets or adversary.fab.n_target_classes > n_targets
             adversary.apgd_targeted.n_target_classes = min(adversary.apgd_targeted.n_target_classes, n_targets)
             adversary.fab.n_target_classes = min(adversary.fab.n_target_classes, n_targets)
+            if attacks is not None:  # the standard budgets, then only the chosen stages
+                adversary.attacks_to_run = list(attacks)
+                adversary.version = "custom"
+            if apgd_restarts is not None:
+                adversary.apgd.n_restarts = int(apgd_restarts)
             attacks = list(adversary.attacks_to_run)
             x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=int(batch_size))
         finally:

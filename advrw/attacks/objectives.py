@@ -48,8 +48,43 @@ def scaled_ce(logits, y, ref_logits=None, *, scale: float = 10.0, **_):
     return F.cross_entropy(scale * logits.float(), y, reduction="none")
 
 
+# The margin decomposition of Ma et al. 2023 (MD / MDMT, ``advrw.attacks.mde``): the CW margin
+# ``max_{k!=y} z_k - z_y`` split into its two terms, attacked one at a time before the whole.
+def true_logit(logits, y, ref_logits=None, **_):
+    """``z_y`` (ascended on the MD attacks' first step, as the authors' code does)."""
+    return logits.float().gather(1, y[:, None]).squeeze(1)
+
+
+def neg_true_logit(logits, y, ref_logits=None, **_):
+    """``-z_y``: the true-class term of the margin alone."""
+    return -true_logit(logits, y)
+
+
+def max_other_logit(logits, y, ref_logits=None, **_):
+    """``max_{k!=y} z_k``: the other term of the margin alone."""
+    return logits.float().scatter(1, y[:, None], float("-inf")).amax(dim=1)
+
+
+def _need_target(target):
+    if target is None:
+        raise AdvrwError("targeted attack objectives need a target class per example; got None")
+    return target
+
+
+def target_logit(logits, y, ref_logits=None, *, target=None, **_):
+    """``z_t`` for a target class ``t`` per example (MDMT's first stage)."""
+    return logits.float().gather(1, _need_target(target)[:, None]).squeeze(1)
+
+
+def targeted_margin(logits, y, ref_logits=None, *, target=None, **_):
+    """``z_t - z_y`` (MDMT's second stage)."""
+    return target_logit(logits, y, target=target) - true_logit(logits, y)
+
+
 OBJECTIVES = {"ce": ce, "kl": kl, "cw": cw, "weighted_ce": weighted_ce,
-              "weighted_kl": weighted_kl, "scaled_ce": scaled_ce}
+              "weighted_kl": weighted_kl, "scaled_ce": scaled_ce, "true_logit": true_logit,
+              "neg_true_logit": neg_true_logit, "max_other_logit": max_other_logit,
+              "target_logit": target_logit, "targeted_margin": targeted_margin}
 
 
 def get_objective(name: str):
