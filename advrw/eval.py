@@ -53,7 +53,7 @@ def effective_config(cfg: DictConfig, saved: dict | None) -> DictConfig:
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     from advrw.data import build_data
     from advrw.models import build_model
-    from advrw.report import write_report
+    from advrw.results import write_report
     from advrw.suite import run_suite
 
     path = checkpoint_path(cfg.ckpt, cfg.eval.checkpoint)

@@ -261,7 +261,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, n_eval: int) -> dict:
     """The evaluation suite on the test set with the configured checkpoint (last or best)."""
-    from advrw.report import write_report
+    from advrw.results import write_report
     from advrw.suite import run_suite
 
     kind = cfg.eval.checkpoint
