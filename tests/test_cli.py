@@ -55,16 +55,10 @@ def test_multirun_two_jobs_with_sweep_values(run_cli, tmp_path):
                f"hydra.sweep.dir={sweep}"))
     gammas = sorted(torch.load(p, weights_only=False)["config"]["weighting"]["gamma"] for p in sweep.glob("*/last.pt"))
     assert gammas == [3.0, 10.0]
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    table = subprocess.run([sys.executable, str(ROOT / "scripts" / "collect.py"), str(sweep), "--csv",
-                            str(tmp_path / "t.csv")], capture_output=True, text=True, check=True).stdout
+    table = ok(run_cli("report", str(sweep), "--csv")).stdout
     lines = table.strip().splitlines()
-    assert len(lines) == 3 and "pgd20 (eps 0.03137, 20 steps)" in lines[0]
-    assert "weighting.gamma=3" in table and "weighting.gamma=10" in table
+    assert len(lines) == 3 and "pgd20 (eps 8/255, 20 x 0.8/255) mean" in lines[0]
+    assert lines[0].startswith("weighting.gamma,n,seeds") and [ln.split(",")[0] for ln in lines[1:]] == ["3", "10"]
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(run_cli, tmp_path):
