@@ -77,11 +77,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     info = {"git_commit": git_commit(), "command": " ".join(sys.argv), "checkpoint": str(path),
             "checkpoint_kind": kind, "epoch": obj.get("epoch") if is_advrw else None}
     write_json(run_dir / "run_info.json", info)
-    logger_cfg = dict(config["logger"])
-    logger_cfg["dir"] = logger_cfg.get("dir") or str(run_dir)
-    if logger_cfg.get("name") == "wandb":
-        logger_cfg["group"] = f"eval-{cfg.eval.name}"
-    runlog = RunLog(run_dir, logger_cfg, {**config, "run_info": info}, name=f"eval-{run_dir.name}")
+    from advrw.campaign import eval_logger_settings  # job_type=eval in the training run's W&B group
+
+    logger_cfg, run_name, link = eval_logger_settings(config["logger"], config, run_dir, obj if is_advrw else None)
+    runlog = RunLog(run_dir, logger_cfg, {**config, **link, "run_info": info}, name=run_name)
     x = data.test_x[:n_eval].float().div_(255)
     y = data.test_y[:n_eval]
     log.info("evaluating %s (%s, epoch %s) with eval=%s on %d %s test images, eps %.4g", path, kind,

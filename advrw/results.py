@@ -58,6 +58,10 @@ def wandb_tables(runlog: RunLog, results: dict, arrays: dict, classes: list[str]
             run.log({f"{prefix}/nonuniform_weights/alpha_{a}": wandb.Histogram(w.numpy())})
         flat = {f"{prefix}/clean": results["clean"]["accuracy"]}
         flat.update({f"{prefix}/{n}": e["robust_accuracy"] for n, e in results.get("attacks", {}).items()})
+        if "worst_case" in results:
+            flat[f"{prefix}/worst_case"] = results["worst_case"]["robust_accuracy"]
+        if "nonuniform" in results:
+            flat[f"{prefix}/A_rob"] = results["nonuniform"]["A_rob"]
         for a, v in results.get("nonuniform", {}).get("alpha_test", {}).items():
             flat[f"{prefix}/A_sa@{a}"], flat[f"{prefix}/A_tr@{a}"] = v["A_sa"], v["A_tr"]
         run.summary.update(flat)
@@ -78,3 +82,4 @@ def write_report(run_dir: Path, results: dict, arrays: dict, classes: list[str],
             log.warning("figures failed: %s: %s", type(err).__name__, err)
     if runlog is not None:
         wandb_tables(runlog, results, arrays, classes)
+        runlog.images(sorted(run_dir.glob("*.png")))  # this evaluation's figures (and training's weight sums)
