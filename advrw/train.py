@@ -302,4 +302,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Call the importable module's copy: joblib/submitit launchers then pickle the task function by
+    # reference (a function of ``__main__`` is pickled by value and drags unpicklable torch globals).
+    from advrw.train import main as _main
+
+    _main()
