@@ -134,5 +134,21 @@ class RunLog:
         """Run an arbitrary W&B call guarded (tables, plots)."""
         self._wandb_call(fn)
 
+    def best_summary(self) -> dict:
+        """Best validation robust accuracy and its epoch over the whole run (metrics.jsonl also holds a
+        resumed run's earlier epochs, which this process never logged)."""
+        best = None
+        if self.metrics_path.exists():
+            for line in self.metrics_path.read_text().splitlines():
+                rec = json.loads(line) if line.strip() else {}
+                if rec.get("best"):
+                    best = rec
+        if best is None:
+            return {}
+        return {"best/val_robust": best.get("val_robust"), "best/epoch": best["epoch"],
+                "best/val_clean": best.get("val_clean")}
+
     def finish(self) -> None:
+        if self.wandb is not None and self.metrics_path.exists():
+            self.summary(self.best_summary())
         self._wandb_call(lambda run: run.finish())

@@ -212,12 +212,11 @@ def wandb_records(run_dir: Path):
             rec.ParseFromString(buf)
             buf = b""
             which = rec.WhichOneof("record_type")
-            if which == "run":
+            if which == "run":  # the run record carries the config given to wandb.init
                 run = rec.run
+                config.update({u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in run.config.update})
             elif which == "summary":
                 summary.update({u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in rec.summary.update})
-            elif which == "config":
-                config.update({u.key: json.loads(u.value_json) for u in rec.config.update})
     return run, summary, config
 
 
@@ -241,7 +240,7 @@ def test_wandb_train_resume_and_eval_records(tmp_path):
     assert any(k.startswith("class_weight_sums") for k in summary) and "figures/class_weight_sums/path" in summary
     assert ev.job_type == "eval" and ev.run_group == full.run_group
     assert ev.display_name == "vir-at-synthetic-tiny-s0-eval-quick"
-    assert ev_config["train_run"]["value"]["id"] == full.run_id
+    assert ev_config["train_run"]["id"] == full.run_id
     assert ev_summary["eval/clean"] == pytest.approx(results(tmp_path / "ev")["clean"]["accuracy"])
 
 
