@@ -257,3 +257,40 @@ def test_wandb_identity_from_what_differs():
                             ["weighting=vir", "weighting.gamma=3,10", "seed=0,1", "experiment=smoke"])
     assert swept == ["gamma=10"]
     assert wandb_identity({**gamma10, "seed": 1}, swept)["name"] == "vir-at-cifar10-rn18-gamma=10-s1"
+
+
+def _fake_job(d: Path, overrides: list[str], clean: float | None, pgd100: float = 0.5, paper: dict | None = None):
+    """A job dir as Hydra and advrw leave it (config, overrides, results.json), without training."""
+    from omegaconf import OmegaConf
+
+    (d / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"seed": 0, "paper": paper, "schedule": {"epochs": 3}}), d / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), d / ".hydra" / "overrides.yaml")
+    if clean is not None:
+        proto = {"attack": "pgd", "eps": 8 / 255, "steps": 100, "step": 1 / 255, "restarts": 1}
+        (d / "results.json").write_text(json.dumps({
+            "protocol": {"n_eval": 10000}, "clean": {"accuracy": clean},
+            "attacks": {"pgd100": {"robust_accuracy": pgd100, "protocol": proto}}}))
+    else:
+        (d / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
+
+
+def test_report_paper_numbers_numeric_sort_and_unfinished(tmp_path, capsys):
+    from advrw.report import main
+
+    paper = {"source": "VIR Table 1", "clean": 84.59, "attacks": {"pgd100": 56.42}}
+    for i, (seed, clean) in enumerate([(0, 0.84), (1, 0.86)]):
+        _fake_job(tmp_path / "p" / str(i), ["experiment=vir_at_rn18_cifar10", f"seed={seed}"], clean, 0.56, paper)
+    for i, g in enumerate(["10", "2", "3"]):  # string order would be 10, 2, 3
+        _fake_job(tmp_path / "g" / str(i), [f"weighting.gamma={g}"], 0.8, paper=paper)
+    _fake_job(tmp_path / "g" / "3", ["weighting.gamma=4"], None, paper=paper)
+    assert main([str(tmp_path / "p"), "--no-plots"]) == 0
+    md = capsys.readouterr().out
+    row = next(ln for ln in md.splitlines() if ln.startswith("| all"))
+    assert "85.00 ± 1.41 (paper 84.59, Δ +0.41)" in row and "56.00 (paper 56.42, Δ -0.42)" in row.replace("± 0.00 ", "")
+    assert "pgd100 (eps 8/255, 100 x 1/255)" in md
+    assert main([str(tmp_path / "g"), "--no-plots"]) == 0
+    md = capsys.readouterr().out
+    rows = [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| ")][1:]
+    assert rows == ["2", "3", "10"] and "paper" not in md.split("Accuracy in %")[0]  # not the preset: no paper
+    assert "Jobs without results (1)" in md and "trained 1/3 epochs" in md and str(tmp_path / "g" / "3") in md
