@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -377,17 +378,16 @@ def figures(rows: list[Row], varying: list[str], columns: list[str], out: Path) 
     return written
 
 
-def log_to_wandb(table_rows, head, pngs: list[Path], jobs: list[Job], name: str) -> None:
+def log_to_wandb(table_rows, head, pngs: list[Path], jobs: list[Job], name: str, out_dir: Path) -> None:
     """The table and figures as a job_type=report run in the campaign's W&B project and group."""
     from advrw.runlog import RunLog
 
     logger = next((j.config.get("logger") for j in jobs if isinstance(j.config.get("logger"), dict)), None) or {}
     groups = {f"{j.dir.parent}" for j in jobs}
     cfg = {"name": "wandb", "project": logger.get("project", "advrw"), "entity": logger.get("entity"),
-           "mode": logger.get("mode") if not str(logger.get("mode", "")).startswith("$") else None,
+           "mode": os.environ.get("WANDB_MODE", "offline"),  # offline unless the user says otherwise
            "group": f"sweep-{Path(next(iter(groups))).name}" if len(groups) == 1 else "report",
            "tags": ["report"], "job_type": "report"}
-    out_dir = pngs[0].parent if pngs else Path(".")
     runlog = RunLog(out_dir, cfg, {"dirs": sorted(groups)}, name=name)
 
     def send(run):
@@ -447,7 +447,7 @@ def main(argv=None) -> int:
              "".join(f", {p.name}" for p in pngs))
     if args.wandb:
         head = _header(varying, columns)
-        log_to_wandb([_row_cells(r, varying, columns) for r in rows], head, pngs, jobs, f"report-{out.name}")
+        log_to_wandb([_row_cells(r, varying, columns) for r in rows], head, pngs, jobs, f"report-{out.name}", out)
     return 0
 
 

@@ -275,8 +275,11 @@ def _fake_job(d: Path, overrides: list[str], clean: float | None, pgd100: float 
         (d / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
 
 
-def test_report_paper_numbers_numeric_sort_and_unfinished(tmp_path, capsys):
+def test_report_paper_numbers_numeric_sort_and_unfinished(tmp_path, capsys, monkeypatch):
     from advrw.report import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
 
     paper = {"source": "VIR Table 1", "clean": 84.59, "attacks": {"pgd100": 56.42}}
     for i, (seed, clean) in enumerate([(0, 0.84), (1, 0.86)]):
@@ -284,8 +287,10 @@ def test_report_paper_numbers_numeric_sort_and_unfinished(tmp_path, capsys):
     for i, g in enumerate(["10", "2", "3"]):  # string order would be 10, 2, 3
         _fake_job(tmp_path / "g" / str(i), [f"weighting.gamma={g}"], 0.8, paper=paper)
     _fake_job(tmp_path / "g" / "3", ["weighting.gamma=4"], None, paper=paper)
-    assert main([str(tmp_path / "p"), "--no-plots"]) == 0
+    assert main([str(tmp_path / "p"), "--no-plots", "--wandb"]) == 0
     md = capsys.readouterr().out
+    run, summary, _ = wandb_records(tmp_path / "p")  # the table went to W&B as a report run
+    assert run.job_type == "report" and run.run_group == "sweep-p" and summary["report/table/nrows"] == 1
     row = next(ln for ln in md.splitlines() if ln.startswith("| all"))
     assert "85.00 ± 1.41 (paper 84.59, Δ +0.41)" in row and "56.00 (paper 56.42, Δ -0.42)" in row.replace("± 0.00 ", "")
     assert "pgd100 (eps 8/255, 100 x 1/255)" in md
