@@ -96,7 +96,7 @@ def swept_overrides(task_overrides: list[str], sweep_overrides: list[str]) -> li
     except Exception:
         return []
     swept = {o.get_key_element().split("@")[0] for o in parsed if o.is_sweep_override()}
-    swept -= {"seed", "weighting", "defense", "dataset", "model"}
+    swept -= {"seed", "weighting", "defense", "dataset", "model", "experiment"}  # already in the base name
     out = []
     for o in task_overrides:
         key = _key(o)

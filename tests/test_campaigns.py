@@ -162,8 +162,8 @@ def test_report_csv_and_latex(seeds_sweep, tmp_path):
 def zeng_sweep(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("zeng")
     sweep = cwd / "sweep"
-    ok(cli("train", "-m", "sweep=zeng_alpha", *TINY, "weighting.alpha=0,2", f"hydra.sweep.dir={sweep}", cwd=cwd,
-           timeout=900))
+    ok(cli("train", "-m", "sweep=zeng_alpha", *TINY, "weighting.alpha=0,2", "logger=wandb", f"hydra.sweep.dir={sweep}",
+           cwd=cwd, timeout=900, env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"}))
     return cwd, sweep
 
 
@@ -183,6 +183,11 @@ def test_zeng_alpha_sweep_report_and_figures(zeng_sweep):
     rows = [ln for ln in md.splitlines() if ln.startswith("| ")][1:]
     assert [tuple(c.strip() for c in r.split("|")[1:3]) for r in rows] == [
         ("at", "0"), ("at", "2"), ("trades", "0"), ("trades", "2")]
+    # W&B: named from what differs (the swept alpha_train), never by job number; one group per config
+    runs = [wandb_records(j)[0] for j in jobs]
+    assert sorted(r.display_name for r in runs) == sorted(
+        f"margin_exp-{d}-synthetic-tiny-alpha={a}-s0" for d in ("at", "trades") for a in ("0", "2"))
+    assert len({r.run_group for r in runs}) == 4
     for name in ("alpha_test_curves.png", "heatmap_A_tr_alpha_test.png", "heatmap_defense_x_weighting.alpha.png"):
         assert (sweep / name).stat().st_size > 1000, name
 
