@@ -73,7 +73,7 @@ _MODEL_SHORT = {"resnet18": "rn18", "resnet50": "rn50", "preact_resnet18": "prn1
                 "wrn28_10": "wrn28-10", "wrn32_10": "wrn32-10"}
 # Settings that say how a run is executed or logged, not what it is: not part of its group.
 _NOT_IDENTITY = ("seed", "resume", "stop_after", "device", "progress", "checkpoint_every", "logger", "run_info",
-                 "paper", "sweep", "debug_note")
+                 "paper")
 _NOT_IDENTITY_DATA = ("root", "download", "cache_dir")
 
 

@@ -129,8 +129,9 @@ def group_jobs(jobs: list[Job]) -> tuple[list[Group], list[str], list[str]]:
 
 
 def _fmt_255(x: float) -> str:
+    """8/255-style for the usual image budgets (0.8/255 for PGD-20's step), else the number (MNIST's 0.3)."""
     k = x * 255
-    return f"{k:.3g}/255" if abs(k - round(k, 1)) < 1e-6 else f"{x:.4g}"
+    return f"{k:.3g}/255" if x < 0.1 and abs(k - round(k, 1)) < 1e-6 else f"{x:.4g}"
 
 
 def budget(proto: dict) -> str:
@@ -186,9 +187,7 @@ def _paper_of(group: Group, varying: list[str]) -> dict | None:
     papers = [j.config.get("paper") for j in group.jobs]
     if not papers or any(p is None or p != papers[0] for p in papers):
         return None
-    if "experiment" not in keys and "experiment" not in {k for j in group.jobs for k in [_override_key(o) for o in j.overrides]}:
-        return None
-    if keys - {"experiment", "eval"} or any(j.config.get("debug") for j in group.jobs):
+    if "experiment" not in keys or keys - {"experiment", "eval"}:  # e.g. debug=fast, or a changed key
         return None
     return papers[0]
 
