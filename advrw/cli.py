@@ -118,7 +118,9 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
     if skip:
         return
     try:
-        jobs = job_overrides(overrides, multirun)
+        from advrw.campaign import with_sweep_preset  # a sweep=NAME preset's hydra.sweeper.params count too
+
+        jobs = job_overrides(with_sweep_preset(CONF_DIR, config_name, overrides, multirun), multirun)
     except Exception as err:
         fail(one_line(err))
     resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)

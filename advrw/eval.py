@@ -54,7 +54,7 @@ def effective_config(cfg: DictConfig, saved: dict | None) -> DictConfig:
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     from advrw.data import build_data
     from advrw.models import build_model
-    from advrw.report import write_report
+    from advrw.results import write_report
     from advrw.suite import run_suite
 
     both = cfg.eval.checkpoint == "both"  # best.pt and last.pt of a run dir (advrw/bestlast.py)
@@ -80,11 +80,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     info = {"git_commit": git_commit(), "command": " ".join(sys.argv), "checkpoint": str(path),
             "checkpoint_kind": kind, "epoch": obj.get("epoch") if is_advrw else None}
     write_json(run_dir / "run_info.json", info)
-    logger_cfg = dict(config["logger"])
-    logger_cfg["dir"] = logger_cfg.get("dir") or str(run_dir)
-    if logger_cfg.get("name") == "wandb":
-        logger_cfg["group"] = f"eval-{cfg.eval.name}"
-    runlog = RunLog(run_dir, logger_cfg, {**config, "run_info": info}, name=f"eval-{run_dir.name}")
+    from advrw.campaign import eval_logger_settings  # job_type=eval in the training run's W&B group
+
+    logger_cfg, run_name, link = eval_logger_settings(config["logger"], config, run_dir, obj if is_advrw else None)
+    runlog = RunLog(run_dir, logger_cfg, {**config, **link, "run_info": info}, name=run_name)
     x = data.test_x[:n_eval].float().div_(255)
     y = data.test_y[:n_eval]
     log.info("evaluating %s (%s, epoch %s) with eval=%s on %d %s test images, eps %.4g", path, kind,
@@ -137,4 +136,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Call the importable module's copy: joblib/submitit launchers then pickle the task function by
+    # reference (a function of ``__main__`` is pickled by value and drags unpicklable torch globals).
+    from advrw.eval import main as _main
+
+    _main()

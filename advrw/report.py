@@ -1,80 +1,454 @@
-"""Write an evaluation's results: results.json, console table, PNG figures, W&B summary/tables."""
+"""``python -m advrw.report DIR...``: one table (and figures) from a campaign's ``results.json`` files.
+
+    python -m advrw.report outputs/multirun/2026-11-25/10-00-00-3fa2c1 [--csv | --latex] [--out DIR] [--wandb]
+
+Jobs are found as dirs holding ``.hydra/config.yaml``; they are grouped by their command-line
+overrides with ``seed`` (and invocation settings such as ``resume``) removed, and every number is
+reported as mean ± std over the group's seeds (sample std, n-1) with n. Columns: clean accuracy,
+each attack with its budget, the per-example worst case, A_rob and A_sa / A_tr per alpha_test.
+Where a group is a paper preset as is (``experiment=...`` with a ``paper:`` block, no other
+change but the seed), the paper's number and our difference sit next to ours. Jobs without
+``results.json`` are listed by dir with what they got to. Figures (PNG, beside the table):
+A_sa / A_tr against alpha_test with one curve per group (Zeng's figures), a heatmap of A_tr over
+group x alpha_test, and a heatmap of clean / robust accuracy for any two-key grid.
+"""
 
 from __future__ import annotations
 
+import argparse
+import csv
+import io
+import json
 import logging
+import math
+import os
+import statistics
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from advrw.runlog import RunLog, write_json
-from advrw.suite import table
+log = logging.getLogger("advrw.report")
 
-log = logging.getLogger(__name__)
+# Overrides that say how a job ran, not what it is: never a separate row.
+IGNORED_KEYS = ("seed", "resume", "stop_after", "device", "progress", "checkpoint_every", "sweep",
+                "dataset.root", "dataset.download", "dataset.cache_dir", "logger")
 
 
-def figures(run_dir: Path, results: dict, arrays: dict, classes: list[str]) -> list[Path]:
-    """PNGs for people who do not use W&B; returns the written paths."""
-    from advrw import plots
+@dataclass
+class Job:
+    dir: Path
+    overrides: list[str]
+    config: dict
+    results: dict | None
+    seed: object = None
+    status: str = ""
 
-    out = []
-    attacks = results.get("attacks", {})
-    for name in attacks:
-        cm = arrays["confusion"][name]
-        out.append(plots.plot_confusion(cm, classes, run_dir / f"confusion_{name}.png", f"confusion under {name}"))
-        out.append(plots.plot_per_class(arrays["clean_per_class"], arrays["robust_per_class"][name], classes,
-                                        run_dir / f"per_class_{name}.png", f"per-class accuracy: clean vs {name}"))
-    if "entropy" in arrays:
-        out.append(plots.plot_entropy_hist(arrays["entropy"], run_dir / "entropy_hist.png"))
-    if arrays.get("weights"):
-        out.append(plots.plot_weight_hists(arrays["weights"], run_dir / "nonuniform_weights.png"))
+
+@dataclass
+class Group:
+    key: tuple  # ((override key, value), ...) without the seed
+    jobs: list[Job] = field(default_factory=list)
+
+    def label(self, keys: list[str]) -> dict:
+        d = dict(self.key)
+        return {k: d.get(k, "") for k in keys}
+
+
+def _load_yaml(path: Path):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def _override_key(o: str) -> str:
+    return o.lstrip("+~").split("=", 1)[0].split("@", 1)[0]
+
+
+def _status(job_dir: Path) -> str:
+    """What an unfinished job got to, from its own records."""
+    metrics = job_dir / "metrics.jsonl"
+    epochs = None
+    try:
+        cfg = _load_yaml(job_dir / ".hydra" / "config.yaml")
+        epochs = (cfg.get("schedule") or {}).get("epochs")
+    except Exception:
+        pass
+    if metrics.exists():
+        lines = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
+        if lines:
+            last = json.loads(lines[-1]).get("epoch")
+            return f"no results.json; trained {last}/{epochs} epochs" + (" (last.pt saved)" if (job_dir / "last.pt").exists() else "")
+    return "no results.json; no epoch finished (failed at start, or still running)"
+
+
+def find_jobs(dirs: list[Path]) -> list[Job]:
+    jobs, seen = [], set()
+    for d in dirs:
+        d = Path(d)
+        for cfg_path in sorted(d.rglob(".hydra/config.yaml")):
+            job_dir = cfg_path.parent.parent
+            if job_dir.resolve() in seen:
+                continue
+            seen.add(job_dir.resolve())
+            ov_path = job_dir / ".hydra" / "overrides.yaml"
+            overrides = [str(o) for o in (_load_yaml(ov_path) if ov_path.exists() else [])]
+            config = _load_yaml(cfg_path)
+            res_path = job_dir / "results.json"
+            results = json.loads(res_path.read_text()) if res_path.exists() else None
+            seed = next((o.split("=", 1)[1] for o in overrides if _override_key(o) == "seed"), config.get("seed"))
+            jobs.append(Job(job_dir, overrides, config, results, seed, "" if results else _status(job_dir)))
+    return jobs
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _sort_value(v) -> tuple:
+    """Numbers before strings, numbers by value (so 2 < 10), strings alphabetically."""
+    n = _num(v)
+    return (0, n, "") if n is not None else (1, 0.0, str(v))
+
+
+def group_jobs(jobs: list[Job]) -> tuple[list[Group], list[str], list[str]]:
+    """Groups sorted numerically; the override keys that vary across groups; the common ones."""
+    groups: dict[tuple, Group] = {}
+    for job in jobs:
+        key = tuple((_override_key(o), o.split("=", 1)[1] if "=" in o else "") for o in job.overrides
+                    if not _override_key(o).startswith("hydra") and
+                    not any(_override_key(o) == k or _override_key(o).startswith(k + ".") for k in IGNORED_KEYS))
+        groups.setdefault(tuple(sorted(key)), Group(tuple(sorted(key)))).jobs.append(job)
+    keys = list(dict.fromkeys(k for g in groups for k, _ in g))
+    varying = [k for k in keys if len({dict(g).get(k) for g in groups}) > 1]
+    common = [f"{k}={dict(next(iter(groups)))[k]}" for k in keys if k not in varying and groups]
+    ordered = sorted(groups.values(), key=lambda g: tuple(_sort_value(dict(g.key).get(k, "")) for k in varying))
+    return ordered, varying, common
+
+
+def _fmt_255(x: float) -> str:
+    """8/255-style for the usual image budgets (0.8/255 for PGD-20's step), else the number (MNIST's 0.3)."""
+    k = x * 255
+    return f"{k:.3g}/255" if x < 0.1 and abs(k - round(k, 1)) < 1e-6 else f"{x:.4g}"
+
+
+def budget(proto: dict) -> str:
+    """An attack's budget for a column header, e.g. ``eps 8/255, 20 x 0.8/255``."""
+    parts = [f"eps {_fmt_255(float(proto['eps']))}"] if "eps" in proto else []
+    if "steps" in proto and "step" in proto:
+        parts.append(f"{proto['steps']} x {_fmt_255(float(proto['step']))}")
+    if int(proto.get("restarts", 1) or 1) > 1:
+        parts.append(f"{proto['restarts']} restarts")
+    for k in ("version", "n_queries", "nb_iter"):
+        if k in proto:
+            parts.append(f"{k} {proto[k]}")
+    return ", ".join(parts)
+
+
+def job_metrics(res: dict) -> dict[str, float]:
+    """Column name -> accuracy in %, for one results.json."""
+    out = {"clean": 100 * res["clean"]["accuracy"]}
+    for name, e in res.get("attacks", {}).items():
+        out[f"{name} ({budget(e.get('protocol', {}))})"] = 100 * e["robust_accuracy"]
+    if "worst_case" in res:
+        out["worst case"] = 100 * res["worst_case"]["robust_accuracy"]
+    nu = res.get("nonuniform")
+    if nu:
+        out["A_rob"] = 100 * nu["A_rob"]
+        for a in sorted(nu.get("alpha_test", {}), key=float):
+            out[f"A_sa@{float(a):g}"] = 100 * nu["alpha_test"][a]["A_sa"]
+            out[f"A_tr@{float(a):g}"] = 100 * nu["alpha_test"][a]["A_tr"]
     return out
 
 
-def wandb_tables(runlog: RunLog, results: dict, arrays: dict, classes: list[str], prefix: str = "eval") -> None:
-    """The suite as a W&B summary, a results table, confusion matrices, per-class bars, histograms."""
+def paper_metrics(paper: dict, columns: list[str]) -> dict[str, float]:
+    """The preset's ``paper:`` numbers mapped onto our column names."""
+    out = {}
+    if paper.get("clean") is not None:
+        out["clean"] = float(paper["clean"])
+    for name, v in (paper.get("attacks") or {}).items():
+        col = next((c for c in columns if c == name or c.startswith(name + " (")), None)
+        if col:
+            out[col] = float(v)
+    if paper.get("A_rob") is not None:
+        out["A_rob"] = float(paper["A_rob"])
+    for a, v in (paper.get("alpha_test") or {}).items():
+        for m in ("A_sa", "A_tr"):
+            if v.get(m) is not None:
+                out[f"{m}@{float(a):g}"] = float(v[m])
+    return out
+
+
+def _paper_of(group: Group, varying: list[str]) -> dict | None:
+    """A group compares with the paper only when it *is* the preset (nothing else changed, no debug)."""
+    keys = {k for k, _ in group.key}
+    papers = [j.config.get("paper") for j in group.jobs]
+    if not papers or any(p is None or p != papers[0] for p in papers):
+        return None
+    if "experiment" not in keys or keys - {"experiment", "eval"}:  # e.g. debug=fast, or a changed key
+        return None
+    return papers[0]
+
+
+@dataclass
+class Row:
+    label: dict
+    n: int
+    seeds: list
+    stats: dict  # column -> (mean, std or None, n, paper or None)
+
+
+def build_rows(groups: list[Group], varying: list[str]) -> tuple[list[Row], list[str]]:
+    per_group = []
+    columns: list[str] = []
+    for g in groups:
+        done = [j for j in g.jobs if j.results]
+        if not done:
+            continue
+        ms = [job_metrics(j.results) for j in done]
+        for m in ms:
+            columns += [c for c in m if c not in columns]
+        per_group.append((g, done, ms))
+    rows = []
+    for g, done, ms in per_group:
+        paper = _paper_of(g, varying)
+        paper_vals = paper_metrics(paper, columns) if paper else {}
+        stats = {}
+        for c in columns:
+            vals = [m[c] for m in ms if c in m and m[c] is not None]
+            if vals:
+                sd = statistics.stdev(vals) if len(vals) > 1 else None
+                stats[c] = (statistics.fmean(vals), sd, len(vals), paper_vals.get(c))
+        seeds = sorted((j.seed for j in done), key=_sort_value)
+        rows.append(Row(g.label(varying), len(done), seeds, stats))
+    # a column budget that never appears twice is the usual case; keep the results' order
+    return rows, columns
+
+
+def _cell(stat, plain: bool = False) -> str:
+    if stat is None:
+        return ""
+    mean, sd, n, paper = stat
+    s = f"{mean:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+    if paper is not None and not plain:
+        s += f" (paper {paper:.2f}, Δ {mean - paper:+.2f})"
+    return s
+
+
+def _header(varying: list[str], columns: list[str]) -> list[str]:
+    return [*(varying or ["run"]), "seeds", *columns]
+
+
+def _row_cells(row: Row, varying: list[str], columns: list[str]) -> list[str]:
+    label = [str(row.label[k]) for k in varying] or ["all"]
+    return [*label, f"n={row.n}", *(_cell(row.stats.get(c)) for c in columns)]
+
+
+def markdown(rows, varying, columns, common, failed) -> str:
+    def esc(s: str) -> str:
+        return str(s).replace("|", "\\|")
+
+    head = _header(varying, columns)
+    lines = []
+    if common:
+        lines += [f"Common overrides: `{' '.join(common)}`", ""]
+    lines += ["| " + " | ".join(esc(h) for h in head) + " |",
+              "|" + "|".join("---" if i < len(varying or ["run"]) + 1 else "---:" for i in range(len(head))) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in _row_cells(r, varying, columns)) + " |" for r in rows]
+    lines += ["", "Accuracy in %, mean ± std over seeds (n = seeds with results)."]
+    if failed:
+        lines += ["", f"Jobs without results ({len(failed)}):", ""]
+        lines += [f"- `{j.dir}`: {j.status}" for j in failed]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(rows, varying, columns) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    head = [*varying, "n", "seeds"]
+    for c in columns:
+        head += [f"{c} mean", f"{c} std", f"{c} paper", f"{c} diff"]
+    w.writerow(head)
+    for r in rows:
+        line = [r.label[k] for k in varying] + [r.n, " ".join(map(str, r.seeds))]
+        for c in columns:
+            mean, sd, n, paper = r.stats.get(c, (None, None, 0, None))
+            line += ["" if mean is None else f"{mean:.4f}", "" if sd is None else f"{sd:.4f}",
+                     "" if paper is None else f"{paper:.2f}",
+                     "" if paper is None or mean is None else f"{mean - paper:+.4f}"]
+        w.writerow(line)
+    return buf.getvalue()
+
+
+def latex(rows, varying, columns) -> str:
+    def esc(s: str) -> str:
+        out = []
+        for ch in str(s):
+            out.append({"\\": "\\textbackslash{}", "_": "\\_", "%": "\\%", "&": "\\&", "#": "\\#",
+                        "$": "\\$", "{": "\\{", "}": "\\}", "±": "$\\pm$"}.get(ch, ch))
+        return "".join(out)
+
+    def cell(stat):
+        if stat is None:
+            return ""
+        mean, sd, n, paper = stat
+        s = f"${mean:.2f}" + (f" \\pm {sd:.2f}" if sd is not None else "") + "$"
+        if paper is not None:
+            s += f" ({paper:.2f}, ${mean - paper:+.2f}$)"
+        return s
+
+    head = _header(varying, columns)
+    lines = ["\\begin{tabular}{" + "l" * (len(varying or ["run"]) + 1) + "r" * len(columns) + "}", "\\toprule",
+             " & ".join(esc(h) for h in head) + " \\\\", "\\midrule"]
+    for r in rows:
+        label = [esc(str(r.label[k])) for k in varying] or ["all"]
+        lines.append(" & ".join([*label, f"$n={r.n}$", *(cell(r.stats.get(c)) for c in columns)]) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _row_name(row: Row, varying: list[str]) -> str:
+    return ", ".join(f"{k}={row.label[k]}" for k in varying) or "all"
+
+
+def figures(rows: list[Row], varying: list[str], columns: list[str], out: Path) -> list[Path]:
+    """alpha_test curves, the A_tr heatmap over group x alpha_test, and a two-key grid heatmap."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def save(fig, name):
+        FigureCanvasAgg(fig)
+        fig.tight_layout()
+        path = out / name
+        fig.savefig(path, dpi=120)
+        return path
+
+    def heat(ax, grid, xt, yt, title, xlabel, ylabel):
+        im = ax.imshow(grid, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(xt)), [str(x) for x in xt], rotation=45, ha="right")
+        ax.set_yticks(range(len(yt)), [str(y) for y in yt])
+        for (i, j), v in np.ndenumerate(grid):
+            if not math.isnan(v):
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w", fontsize=7)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.figure.colorbar(im, ax=ax)
+
+    written = []
+    alphas = sorted({float(c.split("@")[1]) for c in columns if c.startswith("A_sa@")})
+    nu_rows = [r for r in rows if any(f"A_sa@{a:g}" in r.stats for a in alphas)]
+    if alphas and nu_rows:
+        fig = Figure(figsize=(11, 4.5))
+        for i, metric in enumerate(("A_sa", "A_tr")):
+            ax = fig.add_subplot(1, 2, i + 1)
+            for r in nu_rows:
+                xs = [a for a in alphas if f"{metric}@{a:g}" in r.stats]
+                ys = [r.stats[f"{metric}@{a:g}"][0] for a in xs]
+                es = [r.stats[f"{metric}@{a:g}"][1] or 0.0 for a in xs]
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=_row_name(r, varying))
+            ax.set_xlabel("alpha_test")
+            ax.set_ylabel(f"{metric} (%)")
+            ax.set_title(f"{metric} against alpha_test")
+            ax.grid(alpha=0.3)
+        fig.axes[-1].legend(fontsize=7, loc="best")
+        written.append(save(fig, "alpha_test_curves.png"))
+        grid = np.array([[r.stats.get(f"A_tr@{a:g}", (math.nan,))[0] for a in alphas] for r in nu_rows])
+        fig = Figure(figsize=(1.2 * len(alphas) + 4, 0.4 * len(nu_rows) + 2))
+        heat(fig.add_subplot(1, 1, 1), grid, [f"{a:g}" for a in alphas], [_row_name(r, varying) for r in nu_rows],
+             "A_tr (%)", "alpha_test", "")
+        written.append(save(fig, "heatmap_A_tr_alpha_test.png"))
+    if len(varying) == 2 and rows:
+        kx, ky = varying
+        xs = sorted({r.label[kx] for r in rows}, key=_sort_value)
+        ys = sorted({r.label[ky] for r in rows}, key=_sort_value)
+        metrics = ["clean"] + [c for c in columns if c != "clean"][:1]
+        fig = Figure(figsize=(5.5 * len(metrics), 0.5 * len(ys) + 3))
+        for i, m in enumerate(metrics):
+            grid = np.full((len(ys), len(xs)), math.nan)
+            for r in rows:
+                if m in r.stats:
+                    grid[ys.index(r.label[ky]), xs.index(r.label[kx])] = r.stats[m][0]
+            heat(fig.add_subplot(1, len(metrics), i + 1), grid, xs, ys, f"{m} (%)", kx, ky)
+        written.append(save(fig, f"heatmap_{kx}_x_{ky}.png".replace("/", "_")))
+    return written
+
+
+def log_to_wandb(table_rows, head, pngs: list[Path], jobs: list[Job], name: str, out_dir: Path) -> None:
+    """The table and figures as a job_type=report run in the campaign's W&B project and group."""
+    from advrw.runlog import RunLog
+
+    logger = next((j.config.get("logger") for j in jobs if isinstance(j.config.get("logger"), dict)), None) or {}
+    groups = {f"{j.dir.parent}" for j in jobs}
+    cfg = {"name": "wandb", "project": logger.get("project", "advrw"), "entity": logger.get("entity"),
+           "mode": os.environ.get("WANDB_MODE", "offline"),  # offline unless the user says otherwise
+           "group": f"sweep-{Path(next(iter(groups))).name}" if len(groups) == 1 else "report",
+           "tags": ["report"], "job_type": "report"}
+    runlog = RunLog(out_dir, cfg, {"dirs": sorted(groups)}, name=name)
 
     def send(run):
         import wandb
 
-        rows = [["clean", results["clean"]["accuracy"], ""]]
-        rows += [[n, e["robust_accuracy"], str(e["protocol"])] for n, e in results.get("attacks", {}).items()]
-        run.log({f"{prefix}/results": wandb.Table(columns=["attack", "accuracy", "protocol"], data=rows)})
-        for name, e in results.get("attacks", {}).items():
-            cm = e["confusion"]
-            preds, trues = [], []
-            for t, row in enumerate(cm):
-                for p, count in enumerate(row):
-                    trues += [t] * count
-                    preds += [p] * count
-            if trues:
-                run.log({f"{prefix}/confusion/{name}": wandb.plot.confusion_matrix(
-                    y_true=trues, preds=preds, class_names=list(classes))})
-            bars = wandb.Table(columns=["class", "robust_accuracy"],
-                               data=[[c, a] for c, a in zip(classes, e["per_class"])])
-            run.log({f"{prefix}/per_class/{name}": wandb.plot.bar(bars, "class", "robust_accuracy",
-                                                                    title=f"per-class accuracy under {name}")})
-        if "entropy" in arrays:
-            run.log({f"{prefix}/entropy_hist": wandb.Histogram(arrays["entropy"].numpy())})
-        for a, w in (arrays.get("weights") or {}).items():
-            run.log({f"{prefix}/nonuniform_weights/alpha_{a}": wandb.Histogram(w.numpy())})
-        flat = {f"{prefix}/clean": results["clean"]["accuracy"]}
-        flat.update({f"{prefix}/{n}": e["robust_accuracy"] for n, e in results.get("attacks", {}).items()})
-        for a, v in results.get("nonuniform", {}).get("alpha_test", {}).items():
-            flat[f"{prefix}/A_sa@{a}"], flat[f"{prefix}/A_tr@{a}"] = v["A_sa"], v["A_tr"]
-        run.summary.update(flat)
+        run.log({"report/table": wandb.Table(columns=head, data=table_rows)})
+        for p in pngs:
+            run.log({f"report/{p.stem}": wandb.Image(str(p))})
 
     runlog.call(send)
+    runlog.finish()
 
 
-def write_report(run_dir: Path, results: dict, arrays: dict, classes: list[str], runlog: RunLog | None,
-                 plots: bool = True) -> None:
-    run_dir = Path(run_dir)
-    write_json(run_dir / "results.json", results)
-    log.info("results (%s):\n%s", run_dir / "results.json", table(results))
-    if plots:
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="advrw-report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dirs", nargs="+", type=Path, help="sweep or run dirs (searched recursively)")
+    fmt = ap.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true", help="print CSV (mean, std, paper, diff columns)")
+    fmt.add_argument("--latex", action="store_true", help="print a LaTeX tabular")
+    ap.add_argument("--out", type=Path, help="where report.{md,csv,tex} and the PNGs go (default: the first dir)")
+    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--wandb", action="store_true", help="also log the table and figures to W&B (offline unless WANDB_MODE)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for d in args.dirs:
+        if not d.is_dir():
+            print(f"advrw: error: {d} is not a directory", file=sys.stderr)
+            return 2
+    jobs = find_jobs(args.dirs)
+    if not jobs:
+        print(f"advrw: error: no runs (.hydra/config.yaml) under {', '.join(map(str, args.dirs))}", file=sys.stderr)
+        return 2
+    groups, varying, common = group_jobs(jobs)
+    rows, columns = build_rows(groups, varying)
+    failed = [j for j in jobs if not j.results]
+    out = args.out or args.dirs[0]
+    out.mkdir(parents=True, exist_ok=True)
+    if args.csv:
+        text, name = csv_text(rows, varying, columns), "report.csv"
+    elif args.latex:
+        text, name = latex(rows, varying, columns), "report.tex"
+    else:
+        text, name = markdown(rows, varying, columns, common, failed), "report.md"
+    (out / name).write_text(text)
+    sys.stdout.write(text)
+    if failed and (args.csv or args.latex):
+        for j in failed:
+            log.warning("no results: %s: %s", j.dir, j.status)
+    pngs = []
+    if not args.no_plots and rows:
         try:
-            paths = figures(run_dir, results, arrays, classes)
-            log.info("figures: %s", ", ".join(p.name for p in paths))
-        except Exception as err:  # a plotting failure must not lose the numbers already written
+            pngs = figures(rows, varying, columns, out)
+        except Exception as err:  # a figure must not cost the table
             log.warning("figures failed: %s: %s", type(err).__name__, err)
-    if runlog is not None:
-        wandb_tables(runlog, results, arrays, classes)
+    log.info("%d jobs (%d without results) in %d rows -> %s%s", len(jobs), len(failed), len(rows), out / name,
+             "".join(f", {p.name}" for p in pngs))
+    if args.wandb:
+        head = _header(varying, columns)
+        log_to_wandb([_row_cells(r, varying, columns) for r in rows], head, pngs, jobs, f"report-{out.name}", out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,6 +35,22 @@ def write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+def wandb_init_kwargs(cfg: dict, config: dict, name: str | None, run_dir: Path) -> dict:
+    """``wandb.init`` arguments from the logger config: name, group, job_type and, to continue a run, its id.
+
+    ``cfg`` is the resolved ``logger`` group plus what the entry point adds: ``job_type`` (train /
+    eval / report), ``id`` (a resumed run's W&B id, from its checkpoint), ``name`` and ``group``
+    (derived from the config by ``advrw.campaign.wandb_identity`` unless the user set them).
+    """
+    kwargs = {"project": cfg.get("project"), "entity": cfg.get("entity"), "group": cfg.get("group"),
+              "job_type": cfg.get("job_type"), "tags": [str(t) for t in (cfg.get("tags") or [])],
+              "mode": cfg.get("mode") or "offline", "dir": str(cfg.get("dir") or run_dir), "config": config,
+              "name": cfg.get("run_name") or name, "reinit": "finish_previous"}
+    if cfg.get("id"):
+        kwargs.update(id=cfg["id"], resume="allow")
+    return kwargs
+
+
 class RunLog:
     def __init__(self, run_dir: Path, logger_cfg: dict | None, config: dict, name: str | None = None):
         self.run_dir = Path(run_dir)
@@ -47,13 +63,20 @@ class RunLog:
         try:
             import wandb
 
-            self.wandb = wandb.init(project=cfg.get("project"), entity=cfg.get("entity"), group=cfg.get("group"),
-                                    tags=list(cfg.get("tags") or []), mode=cfg.get("mode", "offline"),
-                                    dir=str(cfg.get("dir") or self.run_dir), config=config, name=name,
-                                    reinit="finish_previous")
+            self.wandb = wandb.init(**wandb_init_kwargs(cfg, config, name, self.run_dir))
+            if cfg.get("job_type") == "train":  # per-epoch metrics plotted against the epoch, also across a resume
+                self.wandb.define_metric("epoch")
+                self.wandb.define_metric("*", step_metric="epoch")
         except Exception as err:  # W&B trouble must never stop a run
             log.warning("W&B disabled: %s: %s", type(err).__name__, str(err).splitlines()[0] if str(err) else "")
             self.wandb = None
+
+    def identity(self) -> dict | None:
+        """What a checkpoint stores so a resume continues this W&B run and an evaluation joins its group."""
+        if self.wandb is None:
+            return None
+        return {"id": self.wandb.id, "name": self.wandb.name, "group": self.wandb.group,
+                "project": self.wandb.project}
 
     def _wandb_call(self, fn):
         if self.wandb is None:
@@ -65,7 +88,11 @@ class RunLog:
             self.wandb = None
 
     def epoch(self, record: dict, weights: torch.Tensor | None = None, class_sums=None, classes=None) -> None:
-        """One line in metrics.jsonl and the same scalars (plus weight histogram) in W&B."""
+        """One line in metrics.jsonl and the same scalars (plus weight histogram) in W&B.
+
+        ``class_sums``: the per-class weight sums of every epoch so far (a list per epoch; one list
+        is taken as this epoch alone), drawn as one line chart.
+        """
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(_jsonable(record)) + "\n")
 
@@ -75,19 +102,53 @@ class RunLog:
             data = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             if weights is not None and weights.numel():
                 data["weights/hist"] = wandb.Histogram(weights.float().cpu().numpy())
-            if class_sums is not None:
-                for c, s in zip(classes or range(len(class_sums)), class_sums):
-                    data[f"class_weight_sum/{c}"] = float(s)
-            run.log(data, step=int(record["epoch"]))
+            if class_sums:
+                # one chart for all classes (one line each, over the epochs so far), not a key per class
+                hist = class_sums if isinstance(class_sums[0], (list, tuple)) else [class_sums]
+                first = int(record["epoch"]) - len(hist) + 1
+                names = [str(c) for c in (classes or range(len(hist[0])))]
+                data["class_weight_sums"] = wandb.plot.line_series(
+                    xs=list(range(first, first + len(hist))), ys=[list(c) for c in zip(*hist)], keys=names,
+                    title="per-class sum of training weights", xname="epoch")
+            run.log(data)
+            if record.get("best"):  # the validation checkpoint best.pt was taken from
+                run.summary.update({"best/val_robust": record.get("val_robust"), "best/epoch": record["epoch"],
+                                    "best/val_clean": record.get("val_clean")})
 
         self._wandb_call(send)
 
     def summary(self, values: dict) -> None:
         self._wandb_call(lambda run: run.summary.update(_jsonable(values)))
 
+    def images(self, paths, prefix: str = "figures") -> None:
+        """PNG figures as W&B images."""
+        def send(run):
+            import wandb
+
+            run.log({f"{prefix}/{Path(p).stem}": wandb.Image(str(p)) for p in paths})
+
+        if paths:
+            self._wandb_call(send)
+
     def call(self, fn) -> None:
         """Run an arbitrary W&B call guarded (tables, plots)."""
         self._wandb_call(fn)
 
+    def best_summary(self) -> dict:
+        """Best validation robust accuracy and its epoch over the whole run (metrics.jsonl also holds a
+        resumed run's earlier epochs, which this process never logged)."""
+        best = None
+        if self.metrics_path.exists():
+            for line in self.metrics_path.read_text().splitlines():
+                rec = json.loads(line) if line.strip() else {}
+                if rec.get("best"):
+                    best = rec
+        if best is None:
+            return {}
+        return {"best/val_robust": best.get("val_robust"), "best/epoch": best["epoch"],
+                "best/val_clean": best.get("val_clean")}
+
     def finish(self) -> None:
+        if self.wandb is not None and self.metrics_path.exists():
+            self.summary(self.best_summary())
         self._wandb_call(lambda run: run.finish())

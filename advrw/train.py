@@ -179,9 +179,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             "choices": choices, "torch": torch.__version__, "python": platform.python_version(),
             "device": str(device), "resumed_from": resumed and resumed["path"], "start_epoch": start_epoch}
     write_json(run_dir / "run_info.json", info)
-    logger_cfg = dict(config["logger"])
-    logger_cfg["dir"] = logger_cfg.get("dir") or str(run_dir)
-    runlog = RunLog(run_dir, logger_cfg, {**config, "run_info": info}, name=run_dir.name)
+    from advrw.campaign import hydra_swept, logger_settings  # W&B name/group/job_type; a resume continues its run
+
+    logger_cfg, run_name = logger_settings(config["logger"], config, run_dir, "train",
+                                           resumed and resumed.get("wandb"), hydra_swept())
+    runlog = RunLog(run_dir, logger_cfg, {**config, "run_info": info}, name=run_name)
     log.info("run dir %s | %s + %s on %s/%s | device %s | git %s", run_dir, cfg.defense.name, cfg.weighting.name,
              cfg.dataset.name, cfg.model.name, device, info["git_commit"])
 
@@ -195,7 +197,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "rng": ckpt_io.rng_state(gen), "epoch": epoch, "best_robust": best_robust, "config": config,
                 "choices": choices, "run_info": info, "class_weight_sums": history_class_sums,
-                "num_classes": data.num_classes, "classes": data.classes}
+                "num_classes": data.num_classes, "classes": data.classes, "wandb": runlog.identity()}
 
     for epoch in range(start_epoch, end_epoch):
         burn_in = epoch < int(s.burn_in)
@@ -237,7 +239,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 record["best"] = True
                 ckpt_io.save(run_dir / "best.pt", payload(epoch + 1))
         runlog.epoch(record, weights=w_all if cfg.logger.get("log_histograms", True) else None,
-                     class_sums=record["class_weight_sum"], classes=data.classes)
+                     class_sums=history_class_sums, classes=data.classes)
         log.info("epoch %d/%d%s loss %.4f adv-acc %.3f w %.3f±%.3f [%.3f, %.3f]%s lr %.4g %.1fs",
                  epoch + 1, s.epochs, " (burn-in)" if burn_in else "", record["train_loss"], record["train_adv_acc"],
                  record["w_mean"], record["w_std"], record["w_min"], record["w_max"],
@@ -268,7 +270,7 @@ def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, n_eval: int) -> 
     """The evaluation suite on the test set with the configured checkpoint (last, best or both)."""
     from advrw import bestlast
     from advrw.awp import spec_fields as awp_spec_fields
-    from advrw.report import write_report
+    from advrw.results import write_report
     from advrw.suite import run_suite
 
     x, y = _as_float(data.test_x[:n_eval]), data.test_y[:n_eval]
@@ -311,4 +313,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Call the importable module's copy: joblib/submitit launchers then pickle the task function by
+    # reference (a function of ``__main__`` is pickled by value and drags unpicklable torch globals).
+    from advrw.train import main as _main
+
+    _main()

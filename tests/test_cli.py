@@ -55,16 +55,10 @@ def test_multirun_two_jobs_with_sweep_values(run_cli, tmp_path):
                f"hydra.sweep.dir={sweep}"))
     gammas = sorted(torch.load(p, weights_only=False)["config"]["weighting"]["gamma"] for p in sweep.glob("*/last.pt"))
     assert gammas == [3.0, 10.0]
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    table = subprocess.run([sys.executable, str(ROOT / "scripts" / "collect.py"), str(sweep), "--csv",
-                            str(tmp_path / "t.csv")], capture_output=True, text=True, check=True).stdout
+    table = ok(run_cli("report", str(sweep), "--csv")).stdout
     lines = table.strip().splitlines()
-    assert len(lines) == 3 and "pgd20 (eps 0.03137, 20 steps)" in lines[0]
-    assert "weighting.gamma=3" in table and "weighting.gamma=10" in table
+    assert len(lines) == 3 and "pgd20 (eps 8/255, 20 x 0.8/255) mean" in lines[0]
+    assert lines[0].startswith("weighting.gamma,n,seeds") and [ln.split(",")[0] for ln in lines[1:]] == ["3", "10"]
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(run_cli, tmp_path):
@@ -172,15 +166,6 @@ def test_short_run_on_real_cifar10_jpeg(run_cli, tmp_path):
     assert res["attacks"]["pgd20"]["robust_accuracy"] <= res["clean"]["accuracy"]
     epochs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert epochs[1]["train_loss"] < epochs[0]["train_loss"]  # it learns from the real images
-
-
-def test_wandb_offline_run_is_recorded(run_cli, tmp_path):
-    run_dir = tmp_path / "wb"
-    ok(run_cli("train", "experiment=smoke", "logger=wandb", "eval.n_eval=16", f"hydra.run.dir={run_dir}",
-               env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"}))
-    runs = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
-    assert (run_dir / "results.json").exists()
 
 
 def test_schedule_and_burn_in_are_followed(run_cli, tmp_path):

@@ -37,6 +37,7 @@ def test_wandb_log_failure_switches_it_off(tmp_path, monkeypatch, caplog):
     fake = types.ModuleType("wandb")
     fake.init = lambda **kw: Run()
     fake.Histogram = lambda v: list(v)
+    fake.plot = types.SimpleNamespace(line_series=lambda **kw: kw)
     monkeypatch.setitem(sys.modules, "wandb", fake)
     rl = RunLog(tmp_path, {"name": "wandb"}, {})
     rl.epoch({"epoch": 1, "loss": 1.0}, weights=torch.ones(2), class_sums=[1.0, 2.0], classes=["a", "b"])

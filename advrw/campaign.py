@@ -1,0 +1,195 @@
+"""Campaign plumbing: resolvers for unique run dirs and debug presets, and the jobs of a sweep preset.
+
+``${advrw_uid:}`` (``conf/hydra/default.yaml``) is a per-process unique suffix so runs started in
+the same second never share a dir. It is registered with ``use_cache=True`` like Hydra's ``now``:
+the value is cached in the config, so a sweep's jobs (and a submitit job re-created from its
+pickled config on requeue) see the dir of the process that launched them.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+@functools.lru_cache(maxsize=1)
+def process_uid() -> str:
+    """Six random hex digits, fixed for this process (not derived from the clock)."""
+    return secrets.token_hex(3)
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("advrw_uid"):
+        OmegaConf.register_new_resolver("advrw_uid", process_uid, use_cache=True)
+    if not OmegaConf.has_resolver("advrw_min"):  # debug=fast: burn-in min(paper's, 1)
+        OmegaConf.register_new_resolver("advrw_min", lambda *xs: min(xs))
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0].split("@", 1)[0]
+
+
+def preset_sweep_params(config_dir: str, config_name: str, overrides: list[str]) -> list[str]:
+    """``hydra.sweeper.params`` that the command line's ``sweep=`` preset sets, as override strings.
+
+    Keys the command line also sets are dropped (Hydra's basic sweeper lets the command line win),
+    so the caller can expand ``params + overrides`` into the same jobs Hydra will launch.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if not any(o.get_key_element() == "sweep" for o in parsed):
+        return []
+    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=plain, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    given = {_key(o) for o in overrides}
+    return [f"{k}={v}" for k, v in params.items() if _key(str(k)) not in given]
+
+
+def with_sweep_preset(config_dir: str, config_name: str, overrides: list[str], multirun: bool) -> list[str]:
+    """The command line with its sweep preset's params in front (what Hydra's sweeper will expand)."""
+    from advrw.errors import AdvrwError
+
+    preset = next((o.split("=", 1)[1] for o in overrides if _key(o) == "sweep"), None)
+    if preset in (None, "null"):
+        return overrides
+    if not multirun:
+        raise AdvrwError(f"sweep={preset} launches a sweep: add -m (python -m advrw.{config_name} -m sweep={preset} ...)")
+    return preset_sweep_params(config_dir, config_name, overrides) + overrides
+
+
+# ---- W&B identity: a run's name and group from what differs, never from the clock or a job number ----
+
+_MODEL_SHORT = {"resnet18": "rn18", "resnet50": "rn50", "preact_resnet18": "prn18", "wrn34_10": "wrn34-10",
+                "wrn28_10": "wrn28-10", "wrn32_10": "wrn32-10"}
+# Settings that say how a run is executed or logged, not what it is: not part of its group.
+_NOT_IDENTITY = ("seed", "resume", "stop_after", "device", "progress", "checkpoint_every", "logger", "run_info",
+                 "paper")
+_NOT_IDENTITY_DATA = ("root", "download", "cache_dir")
+
+
+def base_name(config: dict) -> str:
+    """``vir-at-cifar10-rn18``: scheme (if any), defense, data set, model."""
+    w = (config.get("weighting") or {}).get("name")
+    parts = [w] if w and w != "none" else []
+    parts += [(config.get("defense") or {}).get("name"), (config.get("dataset") or {}).get("name")]
+    model = (config.get("model") or {}).get("name")
+    parts.append(_MODEL_SHORT.get(model, model))
+    return "-".join(str(p) for p in parts if p)
+
+
+def swept_overrides(task_overrides: list[str], sweep_overrides: list[str]) -> list[str]:
+    """This job's values of the keys its sweep varies (``weighting.gamma=3``), seed and base-name keys left out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(sweep_overrides)
+    except Exception:
+        return []
+    swept = {o.get_key_element().split("@")[0] for o in parsed if o.is_sweep_override()}
+    swept -= {"seed", "weighting", "defense", "dataset", "model", "experiment"}  # already in the base name
+    out = []
+    for o in task_overrides:
+        key = _key(o)
+        if key in swept:
+            out.append(f"{key.split('.')[-1]}={o.split('=', 1)[1]}")
+    return out
+
+
+def _identity_config(config: dict) -> dict:
+    out = {k: v for k, v in config.items() if k not in _NOT_IDENTITY}
+    if isinstance(out.get("dataset"), dict):
+        out["dataset"] = {k: v for k, v in out["dataset"].items() if k not in _NOT_IDENTITY_DATA}
+    return out
+
+
+def config_hash(config: dict) -> str:
+    import hashlib
+    import json
+
+    blob = json.dumps(_identity_config(config), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:6]
+
+
+def wandb_identity(config: dict, swept: list[str] | None = None) -> dict:
+    """name ``vir-at-cifar10-rn18-s0[-gamma=3]``; group = the same without the seed plus a hash of the
+    config without its seed (so ``gamma=3`` and ``gamma=10`` are separate groups, seeds share one)."""
+    base = base_name(config) + "".join(f"-{s}" for s in swept or [])
+    return {"name": f"{base}-s{config.get('seed')}", "group": f"{base}-{config_hash(config)}"}
+
+
+def hydra_swept() -> list[str]:
+    """The swept overrides of the current Hydra job (empty outside a multirun)."""
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return []
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return []
+    sweep_ovs = [f"{k}={v}" for k, v in (hc.sweeper.get("params") or {}).items()]
+    multirun_yaml = Path(str(hc.sweep.dir)) / "multirun.yaml"  # the launcher's copy of the sweep command
+    try:
+        from omegaconf import OmegaConf
+
+        sweep_ovs += list(OmegaConf.load(multirun_yaml).hydra.overrides.task)
+    except Exception:
+        sweep_ovs += [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+    return swept_overrides(list(hc.overrides.task), sweep_ovs)
+
+
+def logger_settings(logger_cfg: dict, config: dict, run_dir, job_type: str, identity: dict | None = None,
+                    swept: list[str] | None = None) -> tuple[dict, str]:
+    """The logger config an entry point hands to ``RunLog``, and the run name.
+
+    ``identity`` (``{"id", "name", "group"}``) continues a known W&B run (a resume); otherwise
+    name and group come from the config. User-set ``logger.group`` / ``logger.run_name`` win.
+    """
+    cfg = dict(logger_cfg)
+    cfg["dir"] = cfg.get("dir") or str(run_dir)
+    cfg["job_type"] = job_type
+    derived = identity or wandb_identity(config, swept)
+    cfg["group"] = cfg.get("group") or derived["group"]
+    if identity and identity.get("id"):
+        cfg["id"] = identity["id"]
+    if cfg.get("tags") is None:
+        cfg["tags"] = [(config.get(g) or {}).get("name") for g in ("defense", "weighting", "dataset", "model")
+                       if isinstance(config.get(g), dict)]
+    return cfg, cfg.get("run_name") or derived["name"]
+
+
+def eval_logger_settings(logger_cfg: dict, config: dict, run_dir, checkpoint: dict | None) -> tuple[dict, str, dict]:
+    """W&B settings of an evaluation: ``job_type=eval`` in the training run's group, named after it.
+
+    A separate run rather than a resume of the training run: offline runs are synced one dir at a
+    time, several evaluations of one checkpoint may run at once, and a resumed (finished) run would
+    have its history and summary mixed with another protocol's numbers. The training run's id and
+    name go into this run's config (``train_run``), so the two are linked both ways by group and id.
+    Returns (logger config, run name, extra config).
+    """
+    eval_name = (config.get("eval") or {}).get("name", "eval")
+    if checkpoint is not None and "config" in checkpoint:
+        train = checkpoint.get("wandb") or wandb_identity(checkpoint["config"])
+        identity = {"name": f"{train['name']}-eval-{eval_name}", "group": train["group"]}
+        extra = {"train_run": {k: train.get(k) for k in ("id", "name", "group")}}
+    else:
+        base = base_name(config)
+        identity = {"name": f"eval-{base}-{eval_name}", "group": f"eval-{base}"}
+        extra = {}
+    cfg, name = logger_settings(logger_cfg, config, run_dir, "eval", None)
+    cfg["group"] = logger_cfg.get("group") or identity["group"]
+    if logger_cfg.get("tags") is None and checkpoint is not None and "config" in checkpoint:
+        cfg["tags"] = logger_settings({}, checkpoint["config"], run_dir, "eval")[0]["tags"]
+    return cfg, logger_cfg.get("run_name") or identity["name"], extra
