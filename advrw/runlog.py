@@ -29,6 +29,21 @@ def _jsonable(value):
     return value
 
 
+WANDB_TIMEOUT_S = 5
+
+
+def _writable_dir(path: Path) -> bool:
+    """Can files be created in ``path`` (made if missing)? Tried for real: root ignores mode bits."""
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            return True
+    except OSError:
+        return False
+
+
 def write_json(path: Path, obj) -> None:
     tmp = Path(str(path) + ".tmp")
     tmp.write_text(json.dumps(_jsonable(obj), indent=2))
@@ -47,10 +62,26 @@ class RunLog:
         try:
             import wandb
 
-            self.wandb = wandb.init(project=cfg.get("project"), entity=cfg.get("entity"), group=cfg.get("group"),
-                                    tags=list(cfg.get("tags") or []), mode=cfg.get("mode", "offline"),
-                                    dir=str(cfg.get("dir") or self.run_dir), config=config, name=name,
-                                    reinit="finish_previous")
+            wdir = Path(cfg.get("dir") or self.run_dir)
+            if not _writable_dir(wdir):  # wandb would silently fall back to /tmp/wandb
+                log.warning("W&B: logger.dir=%s is not writable; its files go to the run dir %s instead",
+                            wdir, self.run_dir)
+                wdir = self.run_dir
+            kwargs = dict(project=cfg.get("project"), entity=cfg.get("entity"), group=cfg.get("group"),
+                          tags=list(cfg.get("tags") or []), dir=str(wdir), config=config, name=name,
+                          reinit="finish_previous")
+            mode = cfg.get("mode", "offline")
+            try:  # an unreachable server or a bad key gives up in seconds, not wandb's 90 s
+                self.wandb = wandb.init(mode=mode, settings=wandb.Settings(
+                    init_timeout=WANDB_TIMEOUT_S, login_timeout=WANDB_TIMEOUT_S,
+                    x_graphql_timeout_seconds=WANDB_TIMEOUT_S, x_graphql_retry_max=1,
+                    x_graphql_retry_wait_max_seconds=1), **kwargs)
+            except Exception as err:
+                if mode != "online":
+                    raise
+                log.warning("W&B online start failed (%s: %s); logging offline in %s instead (wandb sync later)",
+                            type(err).__name__, str(err).splitlines()[0] if str(err) else "", wdir)
+                self.wandb = wandb.init(mode="offline", **kwargs)
         except Exception as err:  # W&B trouble must never stop a run
             log.warning("W&B disabled: %s: %s", type(err).__name__, str(err).splitlines()[0] if str(err) else "")
             self.wandb = None
