@@ -42,7 +42,8 @@ EXIT_WRITE = ckpt_io.CheckpointWriteError.exit_code  # 4
 EXIT_INTERRUPTED = 75
 
 # Fault injection for tests and drills: "SIGTERM@2:5" sends SIGTERM to this process after step 5
-# (0-based) of epoch 2 (1-based); a resumed run that starts past that step never sends it again.
+# (0-based) of epoch 2 (1-based); "SIGTERM*2@2:5" sends it twice. A resumed run that starts past
+# that step never sends it again.
 FAULT_ENV = "ADVRW_FAULT_SIGNAL"
 
 
@@ -113,8 +114,9 @@ class SignalGuard:
         if not text:
             return None
         sig, _, where = text.partition("@")
+        sig, _, times = sig.partition("*")
         epoch, _, step = where.partition(":")
-        return getattr(signal, sig), int(epoch) - 1, int(step)
+        return getattr(signal, sig), int(epoch) - 1, int(step), int(times or 1)
 
     def __enter__(self):
         if not hasattr(signal, "SIGUSR1") or threading_main() is False:
@@ -143,8 +145,9 @@ class SignalGuard:
         log.info("%s received: finishing the current step, then saving a checkpoint", name)
 
     def fault_point(self, epoch: int, step: int) -> None:
-        if self._fault and self._fault[1:] == (epoch, step):
-            os.kill(os.getpid(), self._fault[0])
+        if self._fault and self._fault[1:3] == (epoch, step):
+            for _ in range(self._fault[3]):
+                os.kill(os.getpid(), self._fault[0])
 
     def hand_over(self) -> None:
         """After the checkpoint: submitit's signal goes to submitit's handler (requeue); others stop here."""
@@ -329,8 +332,10 @@ class RunState:
 
     def prepare_dir(self) -> None:
         """Stale temp files out; a resumed run's new dir gets its checkpoints and trimmed records."""
-        for p in ckpt_io.remove_stale_temps(self.run_dir):
-            log.info("removed %s left by an interrupted save", p)
+        dirs = {self.run_dir.resolve()} | ({self.source.parent.resolve()} if self.resumed is not None else set())
+        for d in dirs:
+            for p in ckpt_io.remove_stale_temps(d):
+                log.info("removed %s left by an interrupted save", p)
         if self.resumed is None:
             return
         src_dir = self.source.parent

@@ -251,6 +251,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             raise
         print(user_line(line), file=sys.stderr)
         sys.exit(exit_code(line))
+    except KeyboardInterrupt:  # Ctrl-C before training started (no checkpoint yet): no traceback
+        print("advrw: SIGINT before training started: nothing to save", file=sys.stderr)
+        sys.exit(130)
     attacks = results.get("attacks", {})
     # The value a Hydra sweeper (e.g. optuna) optimises: the first attack's robust accuracy.
     return next(iter(attacks.values()))["robust_accuracy"] if attacks else None
