@@ -137,7 +137,7 @@ def test_full_disk_is_one_line_and_keeps_the_checkpoint(tmp_path):
         finally:
             os.close(fd)
         os.truncate(mnt / "filler", max(0, (mnt / "filler").stat().st_size - 16384))
-        proc = cli("train", f"resume={run}", f"hydra.run.dir={run}", cwd=tmp_path)
+        proc = cli("train", f"resume={run}", "progress=false", f"hydra.run.dir={run}", cwd=tmp_path)
         assert proc.returncode == 4, proc.stderr[-3000:]
         line = one_line(proc)
         assert "no space left on device" in line and str(run) in line, line
