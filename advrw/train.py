@@ -267,4 +267,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module's copy: launchers that pickle the task function (submitit) can then
+    # pickle it by reference instead of dragging __main__'s globals along by value.
+    from advrw.train import main as _main
+
+    _main()

@@ -171,3 +171,37 @@ def test_wandb_unwritable_dir_and_failed_online_start(tmp_path, monkeypatch, cap
     assert rl.wandb is not None and "logging offline" in caplog.text
     rl.finish()
     assert list((tmp_path / "run2" / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.slow
+def test_submitit_preemption_requeues_and_continues_in_place(full_run, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    # submitit's preemption signal (USR2) mid-epoch in both jobs: each saves, is requeued, continues alone
+    ok(cli("train", "-m", *COMMON, "seed=0,1", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}",
+           cwd=tmp_path, env={"ADVRW_FAULT_SIGNAL": "SIGUSR2@1:2"}))
+    logs = [p.read_text() for p in (sweep / ".submitit").rglob("*_log.out")]
+    assert len(logs) == 2 and all("Requeued job" in t and "continuing the interrupted run" in t for t in logs)
+    assert same_weights(full_run / "last.pt", sweep / "0" / "last.pt")
+    for job in ("0", "1"):
+        assert (sweep / job / "results.json").exists() and epochs_of(sweep / job) == [1, 2]
+        assert torch.load(sweep / job / "last.pt", weights_only=False)["interrupted"] is None
+
+
+def test_a_stale_run_dir_is_refused_but_a_preempted_one_continues(tmp_path):
+    from omegaconf import OmegaConf
+
+    from advrw.lifecycle import RunState
+
+    cfg = OmegaConf.create({"resume": None, "seed": 0, "schedule": {"epochs": 2}, "logger": {"name": "none"}})
+    run = tmp_path / "r"
+    run.mkdir()
+    payload = {"config": OmegaConf.to_container(cfg), "optimizer": {}, "epoch": 0, "interrupted": None}
+    torch.save(payload, run / "last.pt")
+    with pytest.raises(Exception, match="already holds a run"):
+        RunState.open(cfg, run, None)
+    torch.save({**payload, "interrupted": "SIGUSR2"}, run / "last.pt")
+    assert RunState.open(cfg, run, None).resumed["interrupted"] == "SIGUSR2"
+    other = OmegaConf.merge(cfg, {"seed": 1})  # another config in the same dir: never continued
+    with pytest.raises(Exception, match="already holds a run"):
+        RunState.open(other, run, None)
