@@ -421,8 +421,13 @@ class RunState:
         self.watch.reset()
         pos, self.position = self.position, None
         if pos is not None and int(pos["epoch"]) == epoch:
-            return EpochSums(self.data.num_classes, device, pos["sums"]), pos["order"], int(pos["batch"])
-        return EpochSums(self.data.num_classes, device), None, 0
+            sums, order, first = EpochSums(self.data.num_classes, device, pos["sums"]), pos["order"], int(pos["batch"])
+        else:
+            sums, order, first = EpochSums(self.data.num_classes, device), None, 0
+        if self.guard.requested is not None:  # a signal while data loaded or between epochs
+            self._stop(epoch, {"epoch": epoch, "batch": first, "order": order, "sums": sums.state()},
+                       f"epoch {epoch + 1}, step {first}")
+        return sums, order, first
 
     def after_step(self, epoch: int, i: int, out: dict, sums: EpochSums, order, n_batches: int,
                    sync: bool) -> None:
@@ -442,7 +447,7 @@ class RunState:
         if bad is not None:
             step, code = bad
             what = " and ".join(n for b, n in _NAMES.items() if code & b)
-            raise self._nonfinite(epoch, step, what)
+            raise self._nonfinite(epoch, step + 1, what)  # steps counted from 1, as in the signal line
 
     def end_epoch(self, epoch: int) -> None:
         """After the epoch's record: last.pt on schedule, then a pending signal stops the run."""

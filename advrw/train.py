@@ -121,9 +121,14 @@ def _resume_config(cfg: DictConfig, saved: dict) -> DictConfig:
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train and evaluate; returns the results dict (also written to results.json)."""
+    state = RunState.open(cfg, run_dir, _resume_config)
+    with state.guard:  # from here a signal ends the run at a step boundary, with a checkpoint
+        return _train_and_evaluate(state, run_dir)
+
+
+def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
     from advrw.data import DeviceBatches, build_data
 
-    state = RunState.open(cfg, run_dir, _resume_config)
     cfg = state.cfg
     validate_train(cfg)
     check_writable(run_dir)
@@ -161,58 +166,57 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     batches = DeviceBatches(data.train_x, data.train_y, int(s.batch_size), shuffle=True, augment=data.augment,
                             generator=gen)
-    with state.guard:
-        for epoch in state.epoch_range():
-            burn_in = epoch < int(s.burn_in)
-            sums, order, first = state.begin_epoch(epoch, device)
-            bar = tqdm(batches.batches(order, first), desc=f"epoch {epoch + 1}/{s.epochs}{' (burn-in)' if burn_in else ''}",
-                       disable=not cfg.progress, leave=False, initial=first, total=len(batches))
-            for i, (x, y) in enumerate(bar, start=first):
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                out = train_step(model, opt, x, y, spec, burn_in=burn_in, generator=gen)
-                sums.add(out, y)
-                sync = bool(cfg.progress and i % 20 == 0)  # the only host sync inside the epoch
-                if sync:
-                    w = out["w"]
-                    bar.set_postfix(loss=f"{out['loss'].item():.3f}", adv_acc=f"{out['correct_adv'].item() / len(y):.2f}",
-                                    w=f"{w.mean().item():.2f}±{w.std().item() if len(w) > 1 else 0:.2f}")
-                state.after_step(epoch, i, out, sums, batches.order, len(batches), sync)
-            state.check_finite(epoch)
-            lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with
-            sched.step()
-            record = sums.record(epoch, lr, burn_in)
-            state.class_sums.append(record["class_weight_sum"])
-            if len(data.val_y):
-                record.update(validate_epoch(model, data, cfg, int(s.eval_batch_size)))
-                if record["val_robust"] > state.best_robust:
-                    state.best_robust = record["val_robust"]
-                    record["best"] = True
-                    state.save("best.pt", state.payload(epoch + 1), epoch)
-            runlog.epoch(record, weights=torch.cat(sums.ws) if cfg.logger.get("log_histograms", True) else None,
-                         class_sums=record["class_weight_sum"], classes=data.classes)
-            log.info("epoch %d/%d%s loss %.4f adv-acc %.3f w %.3f±%.3f [%.3f, %.3f]%s lr %.4g %.1fs",
-                     epoch + 1, s.epochs, " (burn-in)" if burn_in else "", record["train_loss"], record["train_adv_acc"],
-                     record["w_mean"], record["w_std"], record["w_min"], record["w_max"],
-                     f" | val clean {record['val_clean']:.3f} PGD {record['val_robust']:.3f}" if "val_clean" in record else "",
-                     record["lr"], record["epoch_time_s"])
-            state.end_epoch(epoch)
-        state.finished_training()
+    for epoch in state.epoch_range():
+        burn_in = epoch < int(s.burn_in)
+        sums, order, first = state.begin_epoch(epoch, device)
+        bar = tqdm(batches.batches(order, first), desc=f"epoch {epoch + 1}/{s.epochs}{' (burn-in)' if burn_in else ''}",
+                   disable=not cfg.progress, leave=False, initial=first, total=len(batches))
+        for i, (x, y) in enumerate(bar, start=first):
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = train_step(model, opt, x, y, spec, burn_in=burn_in, generator=gen)
+            sums.add(out, y)
+            sync = bool(cfg.progress and i % 20 == 0)  # the only host sync inside the epoch
+            if sync:
+                w = out["w"]
+                bar.set_postfix(loss=f"{out['loss'].item():.3f}", adv_acc=f"{out['correct_adv'].item() / len(y):.2f}",
+                                w=f"{w.mean().item():.2f}±{w.std().item() if len(w) > 1 else 0:.2f}")
+            state.after_step(epoch, i, out, sums, batches.order, len(batches), sync)
+        state.check_finite(epoch)
+        lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with
+        sched.step()
+        record = sums.record(epoch, lr, burn_in)
+        state.class_sums.append(record["class_weight_sum"])
+        if len(data.val_y):
+            record.update(validate_epoch(model, data, cfg, int(s.eval_batch_size)))
+            if record["val_robust"] > state.best_robust:
+                state.best_robust = record["val_robust"]
+                record["best"] = True
+                state.save("best.pt", state.payload(epoch + 1), epoch)
+        runlog.epoch(record, weights=torch.cat(sums.ws) if cfg.logger.get("log_histograms", True) else None,
+                     class_sums=record["class_weight_sum"], classes=data.classes)
+        log.info("epoch %d/%d%s loss %.4f adv-acc %.3f w %.3f±%.3f [%.3f, %.3f]%s lr %.4g %.1fs",
+                 epoch + 1, s.epochs, " (burn-in)" if burn_in else "", record["train_loss"], record["train_adv_acc"],
+                 record["w_mean"], record["w_std"], record["w_min"], record["w_max"],
+                 f" | val clean {record['val_clean']:.3f} PGD {record['val_robust']:.3f}" if "val_clean" in record else "",
+                 record["lr"], record["epoch_time_s"])
+        state.end_epoch(epoch)
+    state.finished_training()
 
-        if state.stop_epoch < int(s.epochs):
-            log.info("stopped after epoch %d of %d (stop_after=%s); continue with resume=%s",
-                     state.stop_epoch, s.epochs, cfg.stop_after, run_dir)
-            runlog.finish()
-            return {}
-        if state.class_sums and cfg.eval.plots:
-            try:
-                from advrw import plots
+    if state.stop_epoch < int(s.epochs):
+        log.info("stopped after epoch %d of %d (stop_after=%s); continue with resume=%s",
+                 state.stop_epoch, s.epochs, cfg.stop_after, run_dir)
+        runlog.finish()
+        return {}
+    if state.class_sums and cfg.eval.plots:
+        try:
+            from advrw import plots
 
-                plots.plot_class_weight_sums(torch.tensor(state.class_sums), data.classes,
-                                             run_dir / "class_weight_sums.png")
-            except Exception as err:
-                log.warning("class weight figure failed: %s", err)
-        results = final_eval(cfg, model, data, run_dir, runlog, n_eval)
+            plots.plot_class_weight_sums(torch.tensor(state.class_sums), data.classes,
+                                         run_dir / "class_weight_sums.png")
+        except Exception as err:
+            log.warning("class weight figure failed: %s", err)
+    results = final_eval(cfg, model, data, run_dir, runlog, n_eval)
     runlog.finish()
     return results
 
