@@ -119,7 +119,7 @@ class SignalGuard:
         return getattr(signal, sig), int(epoch) - 1, int(step), int(times or 1)
 
     def __enter__(self):
-        if not hasattr(signal, "SIGUSR1") or threading_main() is False:
+        if not hasattr(signal, "SIGUSR1") or not threading_main():  # signals: main thread, POSIX
             return self
         sigs = [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1] + ([self.requeue_signal] if self.requeue_signal else [])
         for s in sigs:
@@ -183,6 +183,7 @@ class FiniteWatch:
         self.model = model
 
     def reset(self) -> None:
+        self._logits_bad.zero_()  # forwards outside training steps (validation) do not count
         self.first = torch.full((), -1, dtype=torch.long, device=self.device)
         self.code = torch.zeros((), dtype=torch.long, device=self.device)
 
@@ -271,7 +272,7 @@ class RunState:
 
     Lifecycle: ``RunState.open(cfg, run_dir, resume_config)`` (before data is built) ->
     ``attach(...)`` (model, optimizer, scheduler, generator, data) -> per step ``after_step`` ->
-    per epoch ``end_epoch`` -> ``finished()``.
+    per epoch ``begin_epoch``/``end_epoch`` -> ``finished_training()`` (final evaluation).
     """
 
     def __init__(self, cfg, run_dir: Path, resumed: dict | None, source: Path | None):
