@@ -13,7 +13,7 @@ import torch
 
 from conftest import cli, ok, results
 
-COMMON = ["experiment=smoke", "dataset.n_train=512", "eval.n_eval=16", "eval.checkpoint=best"]
+COMMON = ["experiment=smoke", "dataset.n_train=320", "eval.n_eval=16", "eval.checkpoint=best"]
 
 
 def epochs_of(run_dir: Path) -> list[int]:
