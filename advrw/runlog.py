@@ -71,16 +71,19 @@ class RunLog:
                           tags=list(cfg.get("tags") or []), dir=str(wdir), config=config, name=name,
                           reinit="finish_previous")
             mode = cfg.get("mode", "offline")
-            try:  # an unreachable server or a bad key gives up in seconds, not wandb's 90 s
-                self.wandb = wandb.init(mode=mode, settings=wandb.Settings(
+            if mode == "online":  # an unreachable server or a bad key gives up in seconds, not wandb's 90 s
+                kwargs["settings"] = wandb.Settings(
                     init_timeout=WANDB_TIMEOUT_S, login_timeout=WANDB_TIMEOUT_S,
                     x_graphql_timeout_seconds=WANDB_TIMEOUT_S, x_graphql_retry_max=1,
-                    x_graphql_retry_wait_max_seconds=1), **kwargs)
+                    x_graphql_retry_wait_max_seconds=1)
+            try:
+                self.wandb = wandb.init(mode=mode, **kwargs)
             except Exception as err:
                 if mode != "online":
                     raise
                 log.warning("W&B online start failed (%s: %s); logging offline in %s instead (wandb sync later)",
                             type(err).__name__, str(err).splitlines()[0] if str(err) else "", wdir)
+                kwargs.pop("settings", None)
                 self.wandb = wandb.init(mode="offline", **kwargs)
         except Exception as err:  # W&B trouble must never stop a run
             log.warning("W&B disabled: %s: %s", type(err).__name__, str(err).splitlines()[0] if str(err) else "")
