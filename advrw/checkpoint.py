@@ -1,11 +1,14 @@
 """Checkpoints: model, optimiser, scheduler, RNG states, epoch and the run's resolved config.
 
-Written atomically (temp file + rename) so an interrupted save never leaves a broken file.
+Written atomically (temp file + fsync + rename) so an interrupted save never leaves a broken file;
+a failed save removes its temp file and raises one line naming the path and the reason (ENOSPC
+reads "no space left on device").
 ``load_model_state`` also reads a plain ``state_dict`` (e.g. a released model).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from pathlib import Path
@@ -35,11 +38,63 @@ def restore_rng(state: dict, generator: torch.Generator | None) -> None:
         generator.set_state(state["generator"])
 
 
+class CheckpointWriteError(AdvrwError):
+    """A checkpoint could not be written (disk full, read-only, permissions); the old file is intact."""
+
+    exit_code = 4
+
+
+def os_error(err: BaseException) -> OSError | None:
+    """The OSError behind ``err``: torch wraps a failed write in a RuntimeError ("unexpected pos")."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def describe_os_error(err: OSError | None) -> str:
+    if err is None:
+        return "write failed"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on device"
+    return os.strerror(err.errno).lower() if err.errno else str(err)
+
+
 def save(path: Path, payload: dict) -> None:
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        # A Python file object (not a path) so the OSError (e.g. ENOSPC) survives as the context.
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(err, (OSError, RuntimeError)):
+            kept = f"; the previous {path.name} is kept" if path.exists() else ""
+            raise CheckpointWriteError(f"cannot write checkpoint {str(path)!r}: "
+                                       f"{describe_os_error(os_error(err))}{kept}") from None
+        raise
+
+
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Delete ``*.tmp`` left by a save that was killed (kill -9, a second signal)."""
+    removed = []
+    for p in Path(run_dir).glob("*.tmp"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
 
 
 def read(path: str | Path) -> dict:

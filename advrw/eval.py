@@ -35,19 +35,32 @@ def checkpoint_path(ckpt: str, kind: str) -> Path:
     return p
 
 
-def _cli_touched(group: str) -> bool:
-    if not HydraConfig.initialized():
-        return False
-    return any(o.lstrip("+~").split("=")[0].split(".")[0] == group for o in HydraConfig.get().overrides.task)
-
-
 def effective_config(cfg: DictConfig, saved: dict | None) -> DictConfig:
-    """Take dataset/model from the checkpoint's config unless the command line changed them."""
+    """Dataset/model from the checkpoint's config; ``dataset.*``/``model.*`` overrides apply on top.
+
+    A group selection (``dataset=svhn``) replaces the checkpoint's choice; a key override
+    (``dataset.root=<moved archive>``) only changes that key of the checkpoint's dataset.
+    """
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    if saved and "config" in saved:
-        for group in ("dataset", "model"):
-            if not _cli_touched(group) and group in saved["config"]:
-                cfg[group] = saved["config"][group]
+    if not (saved and "config" in saved):
+        return cfg
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    for group in ("dataset", "model"):
+        if group not in saved["config"] or any(o.lstrip("+~").split("=")[0] == group for o in overrides):
+            continue
+        merged = OmegaConf.create(saved["config"][group])
+        for o in overrides:
+            key = o.lstrip("+~").split("=")[0]
+            if key.startswith(group + "."):
+                OmegaConf.update(merged, key[len(group) + 1:], OmegaConf.select(cfg, key), force_add=True)
+        cfg[group] = merged
+    trained = bool(saved["config"].get("dataset", {}).get("normalize", False))
+    now = bool(cfg.dataset.get("normalize", False))
+    if trained != now:
+        raise AdvrwError(f"the checkpoint was trained with dataset.normalize={str(trained).lower()} (a mean/std layer "
+                         f"{'inside' if trained else 'not in'} the model) but this evaluation sets "
+                         f"dataset.normalize={str(now).lower()}: drop the override or set "
+                         f"dataset.normalize={str(trained).lower()}")
     return cfg
 
 

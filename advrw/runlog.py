@@ -29,6 +29,21 @@ def _jsonable(value):
     return value
 
 
+WANDB_TIMEOUT_S = 5
+
+
+def _writable_dir(path: Path) -> bool:
+    """Can files be created in ``path`` (made if missing)? Tried for real: root ignores mode bits."""
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            return True
+    except OSError:
+        return False
+
+
 def write_json(path: Path, obj) -> None:
     tmp = Path(str(path) + ".tmp")
     tmp.write_text(json.dumps(_jsonable(obj), indent=2))
@@ -63,7 +78,27 @@ class RunLog:
         try:
             import wandb
 
-            self.wandb = wandb.init(**wandb_init_kwargs(cfg, config, name, self.run_dir))
+            kwargs = wandb_init_kwargs(cfg, config, name, self.run_dir)
+            wdir = Path(kwargs["dir"])
+            if not _writable_dir(wdir):  # wandb would silently fall back to /tmp/wandb
+                log.warning("W&B: logger.dir=%s is not writable; its files go to the run dir %s instead",
+                            wdir, self.run_dir)
+                kwargs["dir"] = str(self.run_dir)
+            mode = kwargs["mode"]
+            if mode == "online":  # an unreachable server or a bad key gives up in seconds, not wandb's 90 s
+                kwargs["settings"] = wandb.Settings(
+                    init_timeout=WANDB_TIMEOUT_S, login_timeout=WANDB_TIMEOUT_S,
+                    x_graphql_timeout_seconds=WANDB_TIMEOUT_S, x_graphql_retry_max=1,
+                    x_graphql_retry_wait_max_seconds=1)
+            try:
+                self.wandb = wandb.init(**kwargs)
+            except Exception as err:
+                if mode != "online":
+                    raise
+                log.warning("W&B online start failed (%s: %s); logging offline in %s instead (wandb sync later)",
+                            type(err).__name__, str(err).splitlines()[0] if str(err) else "", kwargs["dir"])
+                kwargs.pop("settings", None)
+                self.wandb = wandb.init(**{**kwargs, "mode": "offline"})
             if cfg.get("job_type") == "train":  # per-epoch metrics plotted against the epoch, also across a resume
                 self.wandb.define_metric("epoch")
                 self.wandb.define_metric("*", step_metric="epoch")

@@ -7,10 +7,8 @@ Hydra groups under ``conf/``) into one loop; records everything in the run dir.
 from __future__ import annotations
 
 import logging
-import math
 import platform
 import sys
-import time
 from pathlib import Path
 
 import hydra
@@ -24,6 +22,7 @@ from advrw.config import (amp_dtype, check_writable, git_commit, resolve_device,
                           validate_train)
 from advrw.cli import CONF_DIR
 from advrw.errors import AdvrwError
+from advrw.lifecycle import RunState, exit_code, user_line, write_error
 from advrw.runlog import RunLog, write_json
 from advrw.attacks.fat import fat_spec_kwargs
 from advrw.step import StepSpec, train_step
@@ -121,32 +120,24 @@ def _resume_config(cfg: DictConfig, saved: dict) -> DictConfig:
     return saved_cfg
 
 
-def _resume_path(resume: str) -> Path:
-    p = Path(resume).expanduser()
-    if p.is_dir():
-        p = p / "last.pt"
-    if not p.exists():
-        raise AdvrwError(f"resume={resume} has no checkpoint: expected a run dir with last.pt or a .pt file")
-    return p
-
-
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train and evaluate; returns the results dict (also written to results.json)."""
+    state = RunState.open(cfg, run_dir, _resume_config)
+    with state.guard:  # from here a signal ends the run at a step boundary, with a checkpoint
+        return _train_and_evaluate(state, run_dir)
+
+
+def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
     from advrw.data import DeviceBatches, build_data
     from advrw.data.mixed import mixed_batches
 
-    resumed = None
-    if cfg.resume:
-        path = _resume_path(cfg.resume)
-        resumed = ckpt_io.read(path)
-        if "config" not in resumed or "optimizer" not in resumed:
-            raise AdvrwError(f"resume={cfg.resume}: {path} is not an advrw training checkpoint (no config/optimizer)")
-        cfg = _resume_config(cfg, resumed)
-        resumed["path"] = str(path)
+    cfg = state.cfg
     validate_train(cfg)
     check_writable(run_dir)
-    if resumed is None and (run_dir / "last.pt").exists():
-        raise AdvrwError(f"{run_dir} already holds a run (last.pt): pass resume={run_dir} or choose a new dir")
+    state.prepare_dir()
+    done = state.completed_results()
+    if done is not None:
+        return done
     device = resolve_device(cfg.device)
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     data = build_data(cfg.dataset, device)
@@ -159,105 +150,76 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     spec = step_spec(cfg)
     gen = torch.Generator(device=device)
     gen.manual_seed(int(cfg.seed))
-    start_epoch, best_robust, history_class_sums = 0, -1.0, []
-    if resumed is not None:
-        ckpt_io.load_model_state(model, resumed["model"], resumed["path"], cfg.model.name, data.num_classes)
-        opt.load_state_dict(resumed["optimizer"])
-        sched.load_state_dict(resumed["scheduler"])
-        ckpt_io.restore_rng(resumed["rng"], gen)
-        start_epoch, best_robust = int(resumed["epoch"]), float(resumed.get("best_robust", -1.0))
-        history_class_sums = list(resumed.get("class_weight_sums", []))
-        old_metrics = Path(resumed["path"]).parent / "metrics.jsonl"
-        if old_metrics.exists() and old_metrics.resolve() != (run_dir / "metrics.jsonl").resolve():
-            (run_dir / "metrics.jsonl").write_text(old_metrics.read_text())  # the new dir is a full record
-        log.info("resumed from %s at epoch %d", resumed["path"], start_epoch)
     config = OmegaConf.to_container(cfg, resolve=True)
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    resumed = state.resumed
     if resumed is not None:  # the run's groups are the checkpoint's, except the ones a resume may change
         choices = {**resumed.get("choices", {}), **{k: v for k, v in choices.items() if k in RESUME_MUTABLE}}
     info = {"seed": int(cfg.seed), "git_commit": git_commit(), "command": " ".join(sys.argv),
             "choices": choices, "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "resumed_from": resumed and resumed["path"], "start_epoch": start_epoch}
+            "device": str(device), "resumed_from": resumed and resumed["path"], "start_epoch": state.start_epoch}
+    state.attach(model, opt, sched, gen, data, config=config, choices=choices, info=info, spec=spec)
     write_json(run_dir / "run_info.json", info)
     from advrw.campaign import hydra_swept, logger_settings  # W&B name/group/job_type; a resume continues its run
 
     logger_cfg, run_name = logger_settings(config["logger"], config, run_dir, "train",
                                            resumed and resumed.get("wandb"), hydra_swept())
     runlog = RunLog(run_dir, logger_cfg, {**config, "run_info": info}, name=run_name)
+    state.extra["wandb"] = runlog.identity()  # a resume continues this W&B run
     log.info("run dir %s | %s + %s on %s/%s | device %s | git %s", run_dir, cfg.defense.name, cfg.weighting.name,
              cfg.dataset.name, cfg.model.name, device, info["git_commit"])
 
     batches = DeviceBatches(data.train_x, data.train_y, int(s.batch_size), shuffle=True, augment=data.augment,
                             generator=gen)
     if cfg.dataset.get("extra_fraction") is not None:  # a fixed share of extra images in every batch
-        batches = mixed_batches(data, cfg, gen, start_epoch)
-    end_epoch = int(s.epochs) if cfg.stop_after is None else min(int(s.epochs), start_epoch + int(cfg.stop_after))
-
-    def payload(epoch):
-        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "rng": ckpt_io.rng_state(gen), "epoch": epoch, "best_robust": best_robust, "config": config,
-                "choices": choices, "run_info": info, "class_weight_sums": history_class_sums,
-                "num_classes": data.num_classes, "classes": data.classes, "wandb": runlog.identity()}
-
-    for epoch in range(start_epoch, end_epoch):
+        batches = mixed_batches(data, cfg, gen, state.start_epoch)
+    for epoch in state.epoch_range():
         burn_in = epoch < int(s.burn_in)
-        t0 = time.time()
-        sums = {"loss": torch.zeros((), device=device), "correct_adv": torch.zeros((), device=device, dtype=torch.long)}
-        class_w = torch.zeros(data.num_classes, device=device)
-        ws, seen = [], 0
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{s.epochs}{' (burn-in)' if burn_in else ''}",
-                   disable=not cfg.progress, leave=False)
-        for i, (x, y) in enumerate(bar):
+        sums, order, first = state.begin_epoch(epoch, device)
+        bar = tqdm(batches.batches(order, first), desc=f"epoch {epoch + 1}/{s.epochs}{' (burn-in)' if burn_in else ''}",
+                   disable=not cfg.progress, leave=False, initial=first, total=len(batches))
+        for i, (x, y) in enumerate(bar, start=first):
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = train_step(model, opt, x, y, spec.at_epoch(epoch), burn_in=burn_in, generator=gen, epoch=epoch)
-            sums["loss"] += out["loss"] * len(y)
-            sums["correct_adv"] += out["correct_adv"]
-            class_w.index_add_(0, y, out["w"])
-            ws.append(out["w"])
-            seen += len(y)
-            if cfg.progress and i % 20 == 0:  # the only host sync inside the epoch
+            sums.add(out, y)
+            sync = bool(cfg.progress and i % 20 == 0)  # the only host sync inside the epoch
+            if sync:
                 w = out["w"]
                 bar.set_postfix(loss=f"{out['loss'].item():.3f}", adv_acc=f"{out['correct_adv'].item() / len(y):.2f}",
                                 w=f"{w.mean().item():.2f}±{w.std().item() if len(w) > 1 else 0:.2f}")
+            state.after_step(epoch, i, out, sums, batches.order, len(batches), sync)
+        state.check_finite(epoch)
         lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with
         sched.step()
-        w_all = torch.cat(ws)
-        record = {"epoch": epoch + 1, "lr": lr, "burn_in": burn_in,
-                  "train_loss": (sums["loss"] / seen).item(), "train_adv_acc": sums["correct_adv"].item() / seen,
-                  "w_mean": w_all.mean().item(), "w_std": w_all.std().item() if len(w_all) > 1 else 0.0,
-                  "w_min": w_all.min().item(), "w_max": w_all.max().item(),
-                  "epoch_time_s": time.time() - t0, "images_per_s": seen / (time.time() - t0)}
-        history_class_sums.append(class_w.tolist())
-        record["class_weight_sum"] = class_w.tolist()
-        if not math.isfinite(record["train_loss"]):
-            raise RuntimeError(f"training loss became {record['train_loss']} at epoch {epoch + 1}")
+        record = sums.record(epoch, lr, burn_in)
+        state.class_sums.append(record["class_weight_sum"])
         if len(data.val_y):
             record.update(validate_epoch(model, data, cfg, int(s.eval_batch_size)))
-            if record["val_robust"] > best_robust:
-                best_robust = record["val_robust"]
+            if record["val_robust"] > state.best_robust:
+                state.best_robust = record["val_robust"]
                 record["best"] = True
-                ckpt_io.save(run_dir / "best.pt", payload(epoch + 1))
-        runlog.epoch(record, weights=w_all if cfg.logger.get("log_histograms", True) else None,
-                     class_sums=history_class_sums, classes=data.classes)
+                state.save("best.pt", state.payload(epoch + 1), epoch)
+        runlog.epoch(record, weights=torch.cat(sums.ws) if cfg.logger.get("log_histograms", True) else None,
+                     class_sums=state.class_sums, classes=data.classes)
         log.info("epoch %d/%d%s loss %.4f adv-acc %.3f w %.3f±%.3f [%.3f, %.3f]%s lr %.4g %.1fs",
                  epoch + 1, s.epochs, " (burn-in)" if burn_in else "", record["train_loss"], record["train_adv_acc"],
                  record["w_mean"], record["w_std"], record["w_min"], record["w_max"],
                  f" | val clean {record['val_clean']:.3f} PGD {record['val_robust']:.3f}" if "val_clean" in record else "",
                  record["lr"], record["epoch_time_s"])
-        if (epoch + 1) % int(cfg.checkpoint_every) == 0 or epoch + 1 == end_epoch:
-            ckpt_io.save(run_dir / "last.pt", payload(epoch + 1))
+        state.end_epoch(epoch)
+    state.finished_training()
 
-    if end_epoch < int(s.epochs):
+    if state.stop_epoch < int(s.epochs):
         log.info("stopped after epoch %d of %d (stop_after=%s); continue with resume=%s",
-                 end_epoch, s.epochs, cfg.stop_after, run_dir)
+                 state.stop_epoch, s.epochs, cfg.stop_after, run_dir)
         runlog.finish()
         return {}
-    if history_class_sums and cfg.eval.plots:
+    if state.class_sums and cfg.eval.plots:
         try:
             from advrw import plots
 
-            plots.plot_class_weight_sums(torch.tensor(history_class_sums), data.classes,
+            plots.plot_class_weight_sums(torch.tensor(state.class_sums), data.classes,
                                          run_dir / "class_weight_sums.png")
         except Exception as err:
             log.warning("class weight figure failed: %s", err)
@@ -298,8 +260,17 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg, run_dir)
     except AdvrwError as err:  # one line for the user, nothing else (no traceback, no log echo)
-        print(f"advrw: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        print(user_line(err), file=sys.stderr)
+        sys.exit(exit_code(err))
+    except OSError as err:  # a record write failed (disk full, read-only): one line, not a traceback
+        line = write_error(err)
+        if line is None:
+            raise
+        print(user_line(line), file=sys.stderr)
+        sys.exit(exit_code(line))
+    except KeyboardInterrupt:  # Ctrl-C before training started (no checkpoint yet): no traceback
+        print("advrw: SIGINT before training started: nothing to save", file=sys.stderr)
+        sys.exit(130)
     attacks = results.get("attacks", {})
     # The value a Hydra sweeper (e.g. optuna) optimises: the first attack's robust accuracy.
     return next(iter(attacks.values()))["robust_accuracy"] if attacks else None

@@ -109,3 +109,20 @@ def test_bad_extra_fraction(overrides, needle):
 def test_null_extra_fraction_validates():
     validate_train(compose_train("dataset.extra_npz=x.npz"))
     validate_train(compose_train("dataset.extra_npz=x.npz", "dataset.extra_fraction=0.7"))
+
+
+def test_mid_epoch_continuation_gives_the_remaining_batches():
+    """A signal checkpoint saves the epoch's permutation and the generator after batch k: the
+    continued epoch yields exactly the uninterrupted epoch's remaining batches (augmentation too)."""
+    mb, gen = batches(augment=True)
+    full = list(mb.batches())
+    mb2, gen2 = batches(augment=True)
+    it = mb2.batches()
+    head = [next(it) for _ in range(3)]
+    order, state = mb2.order.clone(), gen2.get_state()
+    mb3, gen3 = batches(augment=True)
+    gen3.set_state(state)
+    rest = list(mb3.batches(order, 3))
+    for (xa, ya), (xb, yb) in zip(full, head + rest):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert len(head + rest) == len(full)

@@ -90,23 +90,44 @@ class DeviceBatches:
         self.drop_last = bool(drop_last)
         self.pad = pad
         self.with_index = bool(with_index)
+        self.order: torch.Tensor | None = None
 
     def __len__(self) -> int:
         n = self.x.shape[0]
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        return self.batches()
+
+    def batches(self, order: torch.Tensor | None = None, start: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+        """One epoch of batches; ``batches()`` is exactly ``iter(self)``.
+
+        To continue an epoch that was interrupted, pass the epoch's permutation (``self.order`` as it
+        was, saved in a checkpoint) and the index of the first batch still to do: no permutation is
+        drawn, and with the generator restored to its state after batch ``start - 1`` the remaining
+        batches (crop offsets and flips included) are those of the uninterrupted epoch.
+        """
         n = self.x.shape[0]
         dev = self.x.device
-        order = torch.randperm(n, generator=self.generator, device=dev) if self.shuffle else None
+        nb = len(self)
+        if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= nb:
+            raise AdvrwError(f"DeviceBatches start={start!r} is invalid: must be an integer in [0, {nb}]")
+        if order is not None:
+            if order.shape != (n,) or not self.shuffle:
+                raise AdvrwError(f"DeviceBatches order of shape {tuple(order.shape)} is invalid: must be a "
+                                 f"permutation of {n} rows (and shuffle=True)")
+            order = order.to(dev)
+        elif self.shuffle:  # drawn lazily, at the first batch, as before (same draw order)
+            order = torch.randperm(n, generator=self.generator, device=dev)
+        self.order = order  # this epoch's permutation, for a mid-epoch checkpoint
         stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
-        for start in range(0, stop, self.batch_size):
-            end = min(start + self.batch_size, n)
+        for start_row in range(start * self.batch_size, stop, self.batch_size):
+            end = min(start_row + self.batch_size, n)
             if order is None:
-                idx = torch.arange(start, end, device=dev)
-                xb, yb = self.x[start:end], self.y[start:end]
+                idx = torch.arange(start_row, end, device=dev)
+                xb, yb = self.x[start_row:end], self.y[start_row:end]
             else:
-                idx = order[start:end]
+                idx = order[start_row:end]
                 xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
             if self.augment:
                 xb = crop_flip(xb, self.pad, self.generator)

@@ -64,6 +64,7 @@ class MixedBatches:
         self.extra_seed = int(extra_seed)
         self.epoch = int(start_epoch)
         self._perm: tuple[int, torch.Tensor] | None = None  # (pass, permutation) cache
+        self.order: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return math.ceil(self.n_orig / self.b_orig)
@@ -95,11 +96,21 @@ class MixedBatches:
         return idx + self.n_orig
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches()
+
+    def batches(self, order: torch.Tensor | None = None, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch; ``batches()`` is ``iter(self)``. As :meth:`DeviceBatches.batches`, an interrupted
+        epoch continues from its saved permutation ``order`` at batch ``start`` (the extra stream's
+        position follows from the epoch and the batch index alone)."""
         dev = self.x.device
-        order = torch.randperm(self.n_orig, generator=self.generator, device=dev)
-        stream = self.epoch * self.extras_per_epoch()
+        if order is None:
+            order = torch.randperm(self.n_orig, generator=self.generator, device=dev)
+        self.order = order = order.to(dev)  # this epoch's permutation, for a mid-epoch checkpoint
+        counts = self.extra_counts()
+        stream = self.epoch * self.extras_per_epoch() + sum(counts[:start])
         self.epoch += 1
-        for i, k in enumerate(self.extra_counts()):
+        for i in range(start, len(counts)):
+            k = counts[i]
             idx = torch.cat([order[i * self.b_orig:(i + 1) * self.b_orig], self.extra_rows(stream, k)])
             stream += k
             xb = self.x.index_select(0, idx)
