@@ -51,7 +51,7 @@ def effective_config(cfg: DictConfig, saved: dict | None) -> DictConfig:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    from advrw.data import build_data
+    from advrw.data import build_data, subsets
     from advrw.models import build_model
     from advrw.report import write_report
     from advrw.suite import run_suite
@@ -64,9 +64,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     device = resolve_device(cfg.device)
     seed_everything(int(cfg.eval.seed), False)
     data = build_data(cfg.dataset, device)
-    n_eval = cfg.eval.n_eval or len(data.test_y)
-    if n_eval > len(data.test_y):
-        raise AdvrwError(f"eval.n_eval={n_eval} is larger than the test set ({len(data.test_y)} examples)")
+    idx, picked = subsets.eval_subset(data.test_y, cfg.eval)
+    n_eval = len(idx)
     norm = (data.mean, data.std) if cfg.dataset.get("normalize") else (None, None)
     model = build_model(cfg.model.name, data.num_classes, in_channels=data.channels, image_size=data.image_size,
                         mean=norm[0], std=norm[1])
@@ -82,15 +81,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if logger_cfg.get("name") == "wandb":
         logger_cfg["group"] = f"eval-{cfg.eval.name}"
     runlog = RunLog(run_dir, logger_cfg, {**config, "run_info": info}, name=f"eval-{run_dir.name}")
-    x = data.test_x[:n_eval].float().div_(255)
-    y = data.test_y[:n_eval]
+    x = data.test_x[idx.to(data.test_x.device)].float().div_(255)
+    y = data.test_y[idx.to(data.test_y.device)]
     log.info("evaluating %s (%s, epoch %s) with eval=%s on %d %s test images, eps %.4g", path, kind,
              info["epoch"], cfg.eval.name, n_eval, cfg.dataset.name, cfg.eval.eps)
     ev = OmegaConf.to_container(cfg.eval, resolve=True)
     results, arrays = run_suite(model, x, y, ev, num_classes=data.num_classes, progress=bool(cfg.progress))
     results["protocol"].update({"checkpoint": {"path": str(path), "kind": kind, "epoch": info["epoch"]},
                                 "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test",
-                                "eval": cfg.eval.name})
+                                "eval": cfg.eval.name, "subsets": {**data.subsets, "eval": picked}})
     if is_advrw:
         tc = obj["config"]
         results["protocol"].update({"defense": tc["defense"]["name"], "weighting": tc["weighting"]["name"],

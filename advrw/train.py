@@ -79,10 +79,11 @@ def _as_float(x_uint8):
 
 def validate_epoch(model, data, cfg, batch_size) -> dict:
     """Clean and PGD accuracy on the held-out split (its own seeded RNG: training's is untouched)."""
+    from advrw.data.subsets import take
     from advrw.suite import predict, white_box
 
-    n = cfg.validation.n or len(data.val_y)
-    x, y = _as_float(data.val_x[:n]), data.val_y[:n]
+    idx = take(data.val_y, cfg.validation.n, seed=int(cfg.dataset.split_seed), key="validation.n")
+    x, y = _as_float(data.val_x[idx.to(data.val_x.device)]), data.val_y[idx.to(data.val_y.device)]
     spec = {"kind": "pgd", "objective": "ce", "steps": int(cfg.validation.steps), "step": float(cfg.validation.step),
             "restarts": 1, "init": "uniform"}
     clean = predict(model, x, batch_size)
@@ -130,7 +131,7 @@ def _resume_path(resume: str) -> Path:
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train and evaluate; returns the results dict (also written to results.json)."""
-    from advrw.data import DeviceBatches, build_data
+    from advrw.data import DeviceBatches, build_data, subsets
 
     resumed = None
     if cfg.resume:
@@ -147,9 +148,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     device = resolve_device(cfg.device)
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     data = build_data(cfg.dataset, device)
-    n_eval = cfg.eval.n_eval or len(data.test_y)
-    if n_eval > len(data.test_y):
-        raise AdvrwError(f"eval.n_eval={n_eval} is larger than the test set ({len(data.test_y)} examples)")
+    eval_subset = subsets.eval_subset(data.test_y, cfg.eval)  # checked now, not after training
     model = build_model_for(cfg, data, device)
     s = cfg.schedule
     opt, sched = optimizer_and_scheduler(model, s)
@@ -254,12 +253,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                                          run_dir / "class_weight_sums.png")
         except Exception as err:
             log.warning("class weight figure failed: %s", err)
-    results = final_eval(cfg, model, data, run_dir, runlog, n_eval)
+    results = final_eval(cfg, model, data, run_dir, runlog, eval_subset)
     runlog.finish()
     return results
 
 
-def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, n_eval: int) -> dict:
+def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, subset: tuple) -> dict:
     """The evaluation suite on the test set with the configured checkpoint (last or best)."""
     from advrw.report import write_report
     from advrw.suite import run_suite
@@ -268,13 +267,15 @@ def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, n_eval: int) -> 
     path = run_dir / f"{kind}.pt"
     state = ckpt_io.read(path)
     model.load_state_dict(state["model"])
-    x, y = _as_float(data.test_x[:n_eval]), data.test_y[:n_eval]
+    idx, picked = subset  # (indices, record) from advrw.data.subsets.eval_subset
+    x, y = _as_float(data.test_x[idx.to(data.test_x.device)]), data.test_y[idx.to(data.test_y.device)]
     ev = OmegaConf.to_container(cfg.eval, resolve=True)
     results, arrays = run_suite(model, x, y, ev, num_classes=data.num_classes, progress=bool(cfg.progress))
     results["protocol"].update({"checkpoint": {"path": str(path), "kind": kind, "epoch": state["epoch"]},
                                 "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test",
                                 "defense": cfg.defense.name, "weighting": cfg.weighting.name,
-                                "eval": cfg.eval.name, "train_seed": int(cfg.seed)})
+                                "eval": cfg.eval.name, "train_seed": int(cfg.seed),
+                                "subsets": {**data.subsets, "eval": picked}})
     write_report(run_dir, results, arrays, data.classes, runlog, plots=bool(cfg.eval.plots))
     return results
 
