@@ -48,8 +48,13 @@ def split_args(argv: list[str]) -> tuple[list[str], bool, bool]:
     return overrides, multirun, skip
 
 
-def one_line(err: Exception) -> str:
-    """Hydra/OmegaConf composition errors, folded to one line that still lists the options."""
+def one_line(err: Exception, candidates=None) -> str:
+    """Hydra/OmegaConf composition errors, folded to one line that still lists the options.
+
+    ``candidates(key)`` lists the keys and groups a misspelled ``key`` may have meant.
+    """
+    from advrw.validation import suggest
+
     text = str(err)
     m = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if m:
@@ -57,11 +62,12 @@ def one_line(err: Exception) -> str:
         block = re.search(r"Available options in '[^']+':\n((?:\t.*\n?)+)", text)
         options = block.group(1).split() if block else []
         allowed = ", ".join(options) if options else "see conf/" + group
-        return f"{group}={option} is unknown: choose one of {allowed}"
+        return f"{group}={option} is unknown: choose one of {allowed}{suggest(option, options)}"
     m = re.search(r"Could not override '([^']+)'", text)
     if m:
         key = m.group(1)
-        return f"{key} is not a config key (to add a new key use +{key}=...)"
+        hint = suggest(key, candidates(key)) if candidates else ""
+        return f"{key} is not a config key or group{hint or ' (see --cfg job for the keys)'}"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not re.match(
         r"(full_key|object_type|reference_type|Set the environment)", ln.strip())]
     return "; ".join(lines) or type(err).__name__
@@ -109,10 +115,69 @@ def check_output_dir(overrides: list[str], multirun: bool, resume: str | None) -
                  "to continue it, or choose a new dir (nothing was changed)")
 
 
+# Top-level keys a config reads that its composition does not show (train's eval.n_eval reads n_eval).
+READ_EXTRA = {"train": {"n_eval"}, "eval": set()}
+# Evaluation settings that are lists evaluated inside one job: a sweep over them is a list.
+LIST_KEYS = ("eval.alpha_test", "eval.rho", "eval.only")
+
+
+def groups() -> list[str]:
+    return sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir() and p.name != "hydra")
+
+
+def check_eval_sweeps(config_name: str, overrides: list[str]) -> None:
+    """A multirun over evaluation settings: never one training per value (issue: evaluation grids)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if not o.is_sweep_override():
+            continue
+        key, vals = o.key_or_group, list(o.sweep_string_iterator())
+        shown = f"{key}={','.join(vals)}"
+        if key in LIST_KEYS:
+            fail(f"{shown} would start one job per value: {key} is a list evaluated inside each job, "
+                 f"write {key}=[{','.join(vals)}]")
+        if config_name == "train" and (key in ("eval", "n_eval") or key.startswith("eval.")):
+            fail(f"{shown} in a multirun of advrw.train would retrain once per evaluation setting: train once, then "
+                 f"run python -m advrw.eval -m ckpt=<run dir> {shown}")
+
+
+def check_added_keys(config_name: str, overrides: list[str], base) -> None:
+    """``+key=value`` at the top level that no code reads (e.g. ``+defence=trades``) is refused."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    from advrw.validation import suggest
+
+    known = set(base) | set(groups()) | READ_EXTRA.get(config_name, set())
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.type not in (OverrideType.ADD, OverrideType.FORCE_ADD):
+            continue
+        top = o.key_or_group.split(".")[0].split("@")[0]
+        if top == "hydra" or top in known:
+            continue
+        fail(f"{o.input_line} adds a top-level key '{top}' that nothing reads{suggest(top, sorted(known))}: "
+             "remove it or fix its name")
+
+
+def _candidates(base):
+    """``candidates(key)``: the keys beside a dotted ``key`` in the config, and the group names."""
+    from omegaconf import OmegaConf
+
+    def candidates(key: str) -> list[str]:
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        node = OmegaConf.select(base, parent) if parent else base
+        keys = [f"{parent}.{k}" if parent else str(k) for k in (node.keys() if hasattr(node, "keys") else [])]
+        return keys + ([] if parent else groups())
+    return candidates
+
+
 def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
     """Compose and validate every job of the command line; exit 2 with one line on bad input."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+
+    from advrw.validation import preflight
 
     overrides, multirun, skip = split_args(sys.argv[1:] if argv is None else argv)
     if skip:
@@ -121,17 +186,61 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
         jobs = job_overrides(overrides, multirun)
     except Exception as err:
         fail(one_line(err))
+    if multirun:
+        check_eval_sweeps(config_name, overrides)
     resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
     check_output_dir(overrides, multirun, resume if resume not in (None, "null") else None)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        base = compose(config_name=config_name, overrides=[])
+        check_added_keys(config_name, overrides, base)
         for job in jobs:
             try:
                 cfg = compose(config_name=config_name, overrides=job)
             except Exception as err:
-                fail(one_line(err))
+                fail(one_line(err, _candidates(_groups_only(compose, config_name, job, base))))
             try:
                 validate(cfg)
+                preflight(config_name, cfg)
             except AdvrwError as err:
                 fail(str(err) + (f"  [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
     GlobalHydra.instance().clear()
+
+
+def _groups_only(compose, config_name, job, base):
+    """The job's config with only its group choices (what a misspelled key is compared against)."""
+    picks = [o for o in job if "=" in o and "." not in o.split("=")[0] and not o.startswith(("+", "~"))]
+    try:
+        return compose(config_name=config_name, overrides=picks)
+    except Exception:
+        return base
+
+
+def remove_stray_run_dir(run_dir: Path) -> None:
+    """After a refused run, remove the run dir Hydra made if it holds nothing but Hydra's own files.
+
+    Safety net for errors only knowable inside the job (e.g. ``eval.n_eval`` larger than the test
+    set); anything else in the dir (a checkpoint, results, a user's file) keeps it.
+    """
+    import shutil
+
+    hydra_files = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    try:
+        for e in run_dir.iterdir():
+            if e.name == ".hydra" and e.is_dir() and {p.name for p in e.iterdir()} <= hydra_files:
+                continue
+            if e.is_file() and e.suffix == ".log":
+                continue
+            return
+        shutil.rmtree(run_dir)
+        # and the date / sweep folders Hydra made for it, when nothing else is in them
+        outputs = (Path.cwd() / "outputs").resolve()
+        for parent in run_dir.resolve().parents:
+            if outputs not in parent.parents:  # only folders inside ./outputs, never outputs/ itself
+                break
+            left = [p.name for p in parent.iterdir()]
+            if left and left != ["multirun.yaml"]:
+                break
+            shutil.rmtree(parent)
+    except OSError:
+        pass

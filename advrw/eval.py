@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from advrw import checkpoint as ckpt_io
 from advrw.config import git_commit, resolve_device, seed_everything, validate_eval
-from advrw.cli import CONF_DIR
+from advrw.cli import CONF_DIR, remove_stray_run_dir
 from advrw.errors import AdvrwError
 from advrw.runlog import RunLog, write_json
 
@@ -111,6 +111,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         results = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except AdvrwError as err:  # one line for the user, nothing else (no traceback, no log echo)
         print(f"advrw: error: {err}", file=sys.stderr)
+        remove_stray_run_dir(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
     return results.get("worst_case", {}).get("robust_accuracy")
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from advrw import checkpoint as ckpt_io
 from advrw.config import (amp_dtype, check_writable, git_commit, resolve_device, seed_everything,
                           validate_train)
-from advrw.cli import CONF_DIR
+from advrw.cli import CONF_DIR, remove_stray_run_dir
 from advrw.errors import AdvrwError
 from advrw.runlog import RunLog, write_json
 from advrw.step import StepSpec, train_step
@@ -287,6 +287,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         results = run(cfg, run_dir)
     except AdvrwError as err:  # one line for the user, nothing else (no traceback, no log echo)
         print(f"advrw: error: {err}", file=sys.stderr)
+        remove_stray_run_dir(run_dir)
         sys.exit(2)
     attacks = results.get("attacks", {})
     # The value a Hydra sweeper (e.g. optuna) optimises: the first attack's robust accuracy.
