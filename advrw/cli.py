@@ -192,13 +192,13 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
     check_output_dir(overrides, multirun, resume if resume not in (None, "null") else None)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        base = compose(config_name=config_name, overrides=[])
-        check_added_keys(config_name, overrides, base)
+        if any(o.startswith("+") for o in overrides):
+            check_added_keys(config_name, overrides, compose(config_name=config_name, overrides=[]))
         for job in jobs:
             try:
                 cfg = compose(config_name=config_name, overrides=job)
             except Exception as err:
-                fail(one_line(err, _candidates(_groups_only(compose, config_name, job, base))))
+                fail(one_line(err, _candidates(_groups_only(compose, config_name, job))))
             try:
                 validate(cfg)
                 preflight(config_name, cfg)
@@ -207,13 +207,13 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
     GlobalHydra.instance().clear()
 
 
-def _groups_only(compose, config_name, job, base):
+def _groups_only(compose, config_name, job):
     """The job's config with only its group choices (what a misspelled key is compared against)."""
     picks = [o for o in job if "=" in o and "." not in o.split("=")[0] and not o.startswith(("+", "~"))]
     try:
         return compose(config_name=config_name, overrides=picks)
     except Exception:
-        return base
+        return compose(config_name=config_name, overrides=[])
 
 
 def remove_stray_run_dir(run_dir: Path) -> None:
