@@ -177,7 +177,7 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from advrw.validation import preflight
+    from advrw.validation import preflight, resumed_view
 
     overrides, multirun, skip = split_args(sys.argv[1:] if argv is None else argv)
     if skip:
@@ -200,6 +200,9 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
             except Exception as err:
                 fail(one_line(err, _candidates(_groups_only(compose, config_name, job))))
             try:
+                if config_name == "train" and cfg.get("resume"):  # validate the run it continues
+                    preflight(config_name, cfg)
+                    cfg = resumed_view(cfg, job)
                 validate(cfg)
                 preflight(config_name, cfg)
             except AdvrwError as err:

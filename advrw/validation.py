@@ -377,12 +377,45 @@ def check_data_files(d: DictConfig) -> None:
         raise AdvrwError(f"dataset.extra_npz='{extra}' does not exist: must be an .npz with 'image' and 'label'")
 
 
+def _resume_file(cfg: DictConfig) -> Path:
+    p = Path(str(cfg.resume)).expanduser()
+    return p / "last.pt" if p.is_dir() else p
+
+
+def resumed_view(cfg: DictConfig, job: list[str]) -> DictConfig:
+    """What a resumed run will validate: the checkpoint's config with this command line's keys on top.
+
+    (``advrw.train`` refuses changes a resume may not make; this only needs the values.)
+    """
+    import torch
+
+    path = _resume_file(cfg)
+    saved = None
+    for mmap in (True, False):  # mmap reads only the pickled config of a zip checkpoint
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+            break
+        except Exception as err:  # any unpickling failure is "unreadable"
+            last = " ".join(str(err).split())[:200] or type(err).__name__
+    if saved is None:
+        raise AdvrwError(f"resume={cfg.resume}: {path} is unreadable ({last})")
+    if not isinstance(saved, dict) or "config" not in saved or "optimizer" not in saved:
+        raise AdvrwError(f"resume={cfg.resume}: {path} is not an advrw training checkpoint (no config/optimizer)")
+    view = OmegaConf.create(saved["config"])
+    for o in job:
+        key = o.lstrip("+~").split("=", 1)[0]
+        if not key.startswith("hydra") and "@" not in key and "=" in o:
+            OmegaConf.update(view, key, OmegaConf.select(cfg, key), force_add=True)
+    for key in ("resume", "stop_after", "device", "progress", "checkpoint_every"):
+        view[key] = cfg.get(key)
+    return view
+
+
 def preflight(config_name: str, cfg: DictConfig) -> None:
     """File checks of the command-line precheck: data set files, the checkpoint to resume or evaluate."""
     if config_name == "train":
         if cfg.get("resume"):
-            p = Path(str(cfg.resume)).expanduser()
-            p = p / "last.pt" if p.is_dir() else p
+            p = _resume_file(cfg)
             if not p.exists():
                 raise AdvrwError(f"resume={cfg.resume} has no checkpoint: expected a run dir with last.pt or a .pt file")
             _readable_checkpoint(p, "resume")

@@ -155,3 +155,25 @@ def test_cli_refusals_leave_no_outputs_dir(run_cli, tmp_path, args, expected):
     assert not outputs.exists() or not any(outputs.iterdir()), sorted(outputs.rglob("*"))
     assert sorted(p for p in tmp_path.rglob("*") if not p.is_relative_to(outputs) and ".cache" not in p.parts) \
         == [p for p in before if ".cache" not in p.parts]
+
+
+def test_resume_is_validated_against_the_checkpoints_config(capsys, tmp_path, monkeypatch):
+    """``resume=`` with a longer schedule passes (the checkpoint's milestones fit); a bad value does not."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from advrw.cli import CONF_DIR
+
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*SMOKE, "stop_after=1"])
+    torch.save({"config": OmegaConf.to_container(cfg, resolve=True), "optimizer": {}, "model": {}}, tmp_path / "last.pt")
+    precheck("train", validate_train, [f"resume={tmp_path}", "schedule.epochs=3"])
+    line = _refused(capsys, "train", validate_train, [f"resume={tmp_path}", "schedule.momentum=-1"])
+    assert "schedule.momentum=-1 is invalid" in line
+    torch.save({"model": {}}, tmp_path / "plain.pt")
+    line = _refused(capsys, "train", validate_train, [f"resume={tmp_path / 'plain.pt'}"])
+    assert "is not an advrw training checkpoint" in line
+    (tmp_path / "bad.pt").write_bytes(b"\x80junk")
+    assert "is unreadable" in _refused(capsys, "train", validate_train, [f"resume={tmp_path / 'bad.pt'}"])
