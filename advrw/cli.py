@@ -167,6 +167,9 @@ def _candidates(base):
     def candidates(key: str) -> list[str]:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         node = OmegaConf.select(base, parent) if parent else base
+        if parent and not hasattr(node, "keys"):  # the first part is misspelled: evel.n_eval
+            first, rest = key.split(".", 1)
+            return [f"{k}.{rest}" for k in [*map(str, base.keys()), *groups()]]
         keys = [f"{parent}.{k}" if parent else str(k) for k in (node.keys() if hasattr(node, "keys") else [])]
         return keys + ([] if parent else groups())
     return candidates

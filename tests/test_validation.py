@@ -79,6 +79,8 @@ BAD_TRAIN = [
     (["+defence=trades"], "+defence=trades adds a top-level key 'defence' that nothing reads (did you mean defense?)"),
     (["weighting=vri"], "weighting=vri is unknown: choose one of ewat, gairat, mail, margin_exp, none, vir (did you mean vir?)"),
     (["schedule.lrr=0.1"], "schedule.lrr is not a config key or group (did you mean schedule.lr?)"),
+    (["shedule.lr=0.1"], "shedule.lr is not a config key or group (did you mean schedule.lr?)"),
+    (["experiment=smok"], "(did you mean smoke?)"),
     # every job of a sweep; evaluation grids never retrain
     (["-m", "schedule.momentum=0.9,0.5,-1"], "schedule.momentum=-1 is invalid"),
     (["-m", "eval.alpha_test=0.5,1,2"], "write eval.alpha_test=[0.5,1,2]"),
