@@ -423,8 +423,9 @@ def preflight(config_name: str, cfg: DictConfig) -> None:
         check_data_files(cfg.dataset)
     elif config_name == "eval" and not OmegaConf.is_missing(cfg, "ckpt"):
         p = Path(str(cfg.ckpt)).expanduser()
-        if p.is_dir():
-            p = p / f"{cfg.eval.checkpoint}.pt"
+        if p.is_dir():  # eval.checkpoint picks the file; another kind (e.g. both) needs one of them
+            kinds = [cfg.eval.checkpoint] if cfg.eval.checkpoint in ("last", "best") else ["last", "best"]
+            p = next((p / f"{k}.pt" for k in kinds if (p / f"{k}.pt").is_file()), p / f"{kinds[0]}.pt")
         if not p.is_file():
             raise AdvrwError(f"ckpt={cfg.ckpt} does not exist" + (f" (looked for {p})" if p != Path(str(cfg.ckpt)) else ""))
         _readable_checkpoint(p, "ckpt")
