@@ -89,6 +89,11 @@ def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
             choices.append([f"{prefix}={v}" for v in vals])
         else:
             choices.append([o.input_line])
+    total = 1
+    for c in choices:
+        total *= len(c)
+    if total > MAX_JOBS:  # composing each job costs ~0.1 s; say what was not checked
+        print(f"advrw: note: checking the first {MAX_JOBS} of {total} jobs before the sweep starts", file=sys.stderr)
     return [list(c) for c in itertools.islice(itertools.product(*choices), MAX_JOBS)]
 
 
@@ -185,16 +190,17 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
     overrides, multirun, skip = split_args(sys.argv[1:] if argv is None else argv)
     if skip:
         return
-    try:
-        jobs = job_overrides(overrides, multirun)
-    except Exception as err:
-        fail(one_line(err))
-    if multirun:
-        check_eval_sweeps(config_name, overrides)
     resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
     check_output_dir(overrides, multirun, resume if resume not in (None, "null") else None)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        if multirun:  # a sweep a config sets (hydra.sweeper.params, e.g. a sweep preset) is checked too
+            overrides = with_sweeper_params(_sweeper_params(compose, config_name, overrides), overrides)
+            check_eval_sweeps(config_name, overrides)
+        try:
+            jobs = job_overrides(overrides, multirun)
+        except Exception as err:
+            fail(one_line(err))
         if any(o.startswith("+") for o in overrides):
             check_added_keys(config_name, overrides, compose(config_name=config_name, overrides=[]))
         for job in jobs:
@@ -211,6 +217,21 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
             except AdvrwError as err:
                 fail(str(err) + (f"  [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
     GlobalHydra.instance().clear()
+
+
+def _sweeper_params(compose, config_name: str, overrides: list[str]) -> dict:
+    try:
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        params = cfg.hydra.sweeper.get("params")
+    except Exception:  # the per-job composition below reports a broken command line
+        return {}
+    return dict(params or {})
+
+
+def with_sweeper_params(params: dict, overrides: list[str]) -> list[str]:
+    """``hydra.sweeper.params`` as overrides, before the command line's (which win for the same key)."""
+    given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    return [f"{k}={v}" for k, v in params.items() if str(k) not in given] + list(overrides)
 
 
 def _groups_only(compose, config_name, job):

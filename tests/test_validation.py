@@ -179,3 +179,12 @@ def test_resume_is_validated_against_the_checkpoints_config(capsys, tmp_path, mo
     assert "is not an advrw training checkpoint" in line
     (tmp_path / "bad.pt").write_bytes(b"\x80junk")
     assert "is unreadable" in _refused(capsys, "train", validate_train, [f"resume={tmp_path / 'bad.pt'}"])
+
+
+def test_sweeper_params_become_jobs_and_the_command_line_wins():
+    from advrw.cli import job_overrides, with_sweeper_params
+
+    merged = with_sweeper_params({"seed": "0,1", "schedule.momentum": "0.9,-1"}, ["schedule.momentum=0.5", "x=1"])
+    assert merged == ["seed=0,1", "schedule.momentum=0.5", "x=1"]
+    jobs = job_overrides(with_sweeper_params({"seed": "0,1", "weighting": "vir,mail"}, ["experiment=smoke"]), True)
+    assert len(jobs) == 4 and ["seed=1", "weighting=mail", "experiment=smoke"] in jobs
