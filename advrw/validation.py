@@ -241,9 +241,19 @@ def validate_scheme(cfg: DictConfig) -> None:
 
 
 def validate_defense(cfg: DictConfig) -> None:
+    from advrw import defenses
     from advrw.defenses import DEFENSES
 
     check(cfg, [("defense.name", choice(*DEFENSES)), ("defense.attack_init", choice(*INITS))])
+    # the loss takes **_ (shared call site): a misspelled +defense.key would be silently ignored
+    fn = getattr(defenses, "_LOSSES", {}).get(str(cfg.defense.name))
+    if fn is not None:
+        params = [n for n, p in inspect.signature(fn).parameters.items()
+                  if p.kind is p.KEYWORD_ONLY and n != "combine"]
+        for key in cfg.defense:
+            if key != "name" and not str(key).startswith("attack_") and key not in params:
+                raise AdvrwError(f"defense.{key} is not a setting of defense={cfg.defense.name}: it has "
+                                 f"{', '.join(params) or 'none'}{suggest(key, params)}")
     check(cfg.defense, DEFENSE_RULES.get(str(cfg.defense.name), []), prefix="defense.")
 
 

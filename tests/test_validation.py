@@ -67,6 +67,7 @@ BAD_TRAIN = [
     (["weighting=vir", "+weighting.gama=3"], "weighting.gama is not a hyperparameter of weighting=vir"),
     (["defense=trades", "defense.beta_trades=nan"], "defense.beta_trades=nan is invalid"),
     (["defense=mart", "defense.lambda_mart=-1"], "defense.lambda_mart=-1 is invalid"),
+    (["defense=trades", "+defense.beta=3"], "defense.beta is not a setting of defense=trades: it has beta_trades, detach_nat"),
     (["attack.weighted=true", "attack.alpha=-1"], "attack.alpha=-1 is invalid"),
     # choices
     (["dataset.subset=firstn"], "dataset.subset='firstn' is unknown: choose one of stratified, random, first"),
