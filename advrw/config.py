@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from advrw.errors import AdvrwError
 
