@@ -327,6 +327,9 @@ def validate_train(cfg: DictConfig) -> None:
     n_val = cfg.validation.get("n")
     if n_val is not None and cfg.dataset.val_size and n_val > cfg.dataset.val_size:
         raise AdvrwError(f"validation.n={n_val} is invalid: must be <= dataset.val_size ({cfg.dataset.val_size})")
+    n_eval, n_test = cfg.eval.get("n_eval"), cfg.dataset.get("n_test")
+    if n_eval is not None and n_test is not None and n_eval > n_test:
+        raise AdvrwError(f"eval.n_eval={n_eval} is invalid: must be <= dataset.n_test ({n_test}), the test set's size")
     check(cfg, [("logger.name", choice("wandb", "none"))])
     if cfg.eval.checkpoint == "best" and not cfg.dataset.val_size:
         raise AdvrwError("eval.checkpoint=best needs a validation split: set dataset.val_size > 0 (or eval.checkpoint=last)")

@@ -47,6 +47,7 @@ BAD_TRAIN = [
     (["dataset.val_size=-1"], "dataset.val_size=-1 is invalid"),
     (["dataset.val_size=2000"], "dataset.val_size=2000 is invalid: must be < dataset.n_train=1024"),
     (["eval.n_eval=0"], "eval.n_eval=0 is invalid"),
+    (["eval.n_eval=129"], "eval.n_eval=129 is invalid: must be <= dataset.n_test (128)"),
     (["eval.batch_size=0"], "eval.batch_size=0 is invalid"),
     # every scheme's hyperparameters, nan/inf included, at validation time (not after burn-in)
     (["weighting=mail", "weighting.gamma=nan"], "weighting.gamma=nan is invalid"),
@@ -146,7 +147,7 @@ def test_validators_still_importable_from_config():
     (["schedule.lr=abc"], "schedule.lr='abc' is invalid"),
     (["-m", "schedule.momentum=0.9,0.5,-1"], "schedule.momentum=-1 is invalid"),
     # only knowable once the data is loaded: the refused run's Hydra-only dir is removed
-    (["eval.n_eval=100000"], "eval.n_eval=100000 is larger than the test set (128 examples)"),
+    (["dataset.n_test=null", "eval.n_eval=100000"], "eval.n_eval=100000 is larger than the test set (128 examples)"),
 ])
 def test_cli_refusals_leave_no_outputs_dir(run_cli, tmp_path, args, expected):
     before = sorted(p for p in tmp_path.rglob("*"))
