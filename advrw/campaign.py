@@ -32,41 +32,6 @@ def _key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0].split("@", 1)[0]
 
 
-def preset_sweep_params(config_dir: str, config_name: str, overrides: list[str]) -> list[str]:
-    """``hydra.sweeper.params`` that the command line's ``sweep=`` preset sets, as override strings.
-
-    Keys the command line also sets are dropped (Hydra's basic sweeper lets the command line win),
-    so the caller can expand ``params + overrides`` into the same jobs Hydra will launch.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    if not any(o.get_key_element() == "sweep" for o in parsed):
-        return []
-    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=plain, return_hydra_config=True)
-    GlobalHydra.instance().clear()
-    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
-    given = {_key(o) for o in overrides}
-    return [f"{k}={v}" for k, v in params.items() if _key(str(k)) not in given]
-
-
-def with_sweep_preset(config_dir: str, config_name: str, overrides: list[str], multirun: bool) -> list[str]:
-    """The command line with its sweep preset's params in front (what Hydra's sweeper will expand)."""
-    from advrw.errors import AdvrwError
-
-    preset = next((o.split("=", 1)[1] for o in overrides if _key(o) == "sweep"), None)
-    if preset in (None, "null"):
-        return overrides
-    if not multirun:
-        raise AdvrwError(f"sweep={preset} launches a sweep: add -m (python -m advrw.{config_name} -m sweep={preset} ...)")
-    return preset_sweep_params(config_dir, config_name, overrides) + overrides
-
-
 # ---- W&B identity: a run's name and group from what differs, never from the clock or a job number ----
 
 _MODEL_SHORT = {"resnet18": "rn18", "resnet50": "rn50", "preact_resnet18": "prn18", "wrn34_10": "wrn34-10",

@@ -48,8 +48,13 @@ def split_args(argv: list[str]) -> tuple[list[str], bool, bool]:
     return overrides, multirun, skip
 
 
-def one_line(err: Exception) -> str:
-    """Hydra/OmegaConf composition errors, folded to one line that still lists the options."""
+def one_line(err: Exception, candidates=None) -> str:
+    """Hydra/OmegaConf composition errors, folded to one line that still lists the options.
+
+    ``candidates(key)`` lists the keys and groups a misspelled ``key`` may have meant.
+    """
+    from advrw.validation import suggest
+
     text = str(err)
     m = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if m:
@@ -57,11 +62,12 @@ def one_line(err: Exception) -> str:
         block = re.search(r"Available options in '[^']+':\n((?:\t.*\n?)+)", text)
         options = block.group(1).split() if block else []
         allowed = ", ".join(options) if options else "see conf/" + group
-        return f"{group}={option} is unknown: choose one of {allowed}"
+        return f"{group}={option} is unknown: choose one of {allowed}{suggest(option, options)}"
     m = re.search(r"Could not override '([^']+)'", text)
     if m:
         key = m.group(1)
-        return f"{key} is not a config key (to add a new key use +{key}=...)"
+        hint = suggest(key, candidates(key)) if candidates else ""
+        return f"{key} is not a config key or group{hint or ' (see --cfg job for the keys)'}"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not re.match(
         r"(full_key|object_type|reference_type|Set the environment)", ln.strip())]
     return "; ".join(lines) or type(err).__name__
@@ -83,6 +89,11 @@ def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
             choices.append([f"{prefix}={v}" for v in vals])
         else:
             choices.append([o.input_line])
+    total = 1
+    for c in choices:
+        total *= len(c)
+    if total > MAX_JOBS:  # composing each job costs ~0.1 s; say what was not checked
+        print(f"advrw: note: checking the first {MAX_JOBS} of {total} jobs before the sweep starts", file=sys.stderr)
     return [list(c) for c in itertools.islice(itertools.product(*choices), MAX_JOBS)]
 
 
@@ -109,31 +120,162 @@ def check_output_dir(overrides: list[str], multirun: bool, resume: str | None) -
                  "to continue it, or choose a new dir (nothing was changed)")
 
 
+# Top-level keys a config reads that its composition does not show (train's eval.n_eval reads n_eval).
+READ_EXTRA = {"train": {"n_eval"}, "eval": set()}
+# Evaluation settings that are lists evaluated inside one job: a sweep over them is a list.
+LIST_KEYS = ("eval.alpha_test", "eval.rho", "eval.only")
+
+
+def groups() -> list[str]:
+    return sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir() and p.name != "hydra")
+
+
+def check_eval_sweeps(config_name: str, overrides: list[str]) -> None:
+    """A multirun over evaluation settings: never one training per value (issue: evaluation grids)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if not o.is_sweep_override():
+            continue
+        key, vals = o.key_or_group, list(o.sweep_string_iterator())
+        shown = f"{key}={','.join(vals)}"
+        if key in LIST_KEYS:
+            fail(f"{shown} would start one job per value: {key} is a list evaluated inside each job, "
+                 f"write {key}=[{','.join(vals)}]")
+        if config_name == "train" and (key in ("eval", "n_eval") or key.startswith("eval.")):
+            fail(f"{shown} in a multirun of advrw.train would retrain once per evaluation setting: train once, then "
+                 f"run python -m advrw.eval -m ckpt=<run dir> {shown}")
+
+
+def check_added_keys(config_name: str, overrides: list[str], base) -> None:
+    """``+key=value`` at the top level that no code reads (e.g. ``+defence=trades``) is refused."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    from advrw.validation import suggest
+
+    known = set(base) | set(groups()) | READ_EXTRA.get(config_name, set())
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.type not in (OverrideType.ADD, OverrideType.FORCE_ADD):
+            continue
+        top = o.key_or_group.split(".")[0].split("@")[0]
+        if top == "hydra" or top in known:
+            continue
+        fail(f"{o.input_line} adds a top-level key '{top}' that nothing reads{suggest(top, sorted(known))}: "
+             "remove it or fix its name")
+
+
+def _candidates(base):
+    """``candidates(key)``: the keys beside a dotted ``key`` in the config, and the group names."""
+    from omegaconf import OmegaConf
+
+    def candidates(key: str) -> list[str]:
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        node = OmegaConf.select(base, parent) if parent else base
+        if parent and not hasattr(node, "keys"):  # the first part is misspelled: evel.n_eval
+            first, rest = key.split(".", 1)
+            return [f"{k}.{rest}" for k in [*map(str, base.keys()), *groups()]]
+        keys = [f"{parent}.{k}" if parent else str(k) for k in (node.keys() if hasattr(node, "keys") else [])]
+        return keys + ([] if parent else groups())
+    return candidates
+
+
 def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
     """Compose and validate every job of the command line; exit 2 with one line on bad input."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from advrw.validation import preflight, resumed_view
+
     overrides, multirun, skip = split_args(sys.argv[1:] if argv is None else argv)
     if skip:
         return
-    try:
-        from advrw.campaign import with_sweep_preset  # a sweep=NAME preset's hydra.sweeper.params count too
-
-        jobs = job_overrides(with_sweep_preset(CONF_DIR, config_name, overrides, multirun), multirun)
-    except Exception as err:
-        fail(one_line(err))
+    sweep = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("sweep=")), None)
+    if sweep not in (None, "null") and not multirun:
+        fail(f"sweep={sweep} launches a sweep: add -m (python -m advrw.{config_name} -m sweep={sweep} ...)")
     resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
     check_output_dir(overrides, multirun, resume if resume not in (None, "null") else None)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        if multirun:  # a sweep a config sets (hydra.sweeper.params, e.g. a sweep preset) is checked too
+            overrides = with_sweeper_params(sweeper_params(compose, config_name, overrides), overrides)
+            check_eval_sweeps(config_name, overrides)
+        try:
+            jobs = job_overrides(overrides, multirun)
+        except Exception as err:
+            fail(one_line(err))
+        if any(o.startswith("+") for o in overrides):
+            check_added_keys(config_name, overrides, compose(config_name=config_name, overrides=[]))
         for job in jobs:
             try:
                 cfg = compose(config_name=config_name, overrides=job)
             except Exception as err:
-                fail(one_line(err))
+                fail(one_line(err, _candidates(_groups_only(compose, config_name, job))))
             try:
+                if config_name == "train" and cfg.get("resume"):  # validate the run it continues
+                    preflight(config_name, cfg)
+                    cfg = resumed_view(cfg, job)
                 validate(cfg)
+                preflight(config_name, cfg)
             except AdvrwError as err:
                 fail(str(err) + (f"  [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
     GlobalHydra.instance().clear()
+
+
+def sweeper_params(compose, config_name: str, overrides: list[str]) -> dict:
+    """``hydra.sweeper.params`` that the command line's config sets (e.g. a ``sweep=`` preset)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:  # composed without the command line's own sweeps, which compose() does not take
+        plain = [o.input_line for o in OverridesParser.create().parse_overrides(overrides)
+                 if not o.is_sweep_override()]
+        cfg = compose(config_name=config_name, overrides=plain, return_hydra_config=True)
+        params = cfg.hydra.sweeper.get("params")
+    except Exception:  # the per-job composition below reports a broken command line
+        return {}
+    return dict(params or {})
+
+
+def with_sweeper_params(params: dict, overrides: list[str]) -> list[str]:
+    """``hydra.sweeper.params`` as overrides, before the command line's (which win for the same key)."""
+    given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    return [f"{k}={v}" for k, v in params.items() if str(k) not in given] + list(overrides)
+
+
+def _groups_only(compose, config_name, job):
+    """The job's config with only its group choices (what a misspelled key is compared against)."""
+    picks = [o for o in job if "=" in o and "." not in o.split("=")[0] and not o.startswith(("+", "~"))]
+    try:
+        return compose(config_name=config_name, overrides=picks)
+    except Exception:
+        return compose(config_name=config_name, overrides=[])
+
+
+def remove_stray_run_dir(run_dir: Path) -> None:
+    """After a refused run, remove the run dir Hydra made if it holds nothing but Hydra's own files.
+
+    Safety net for errors only knowable inside the job (e.g. ``eval.n_eval`` larger than the test
+    set); anything else in the dir (a checkpoint, results, a user's file) keeps it.
+    """
+    import shutil
+
+    hydra_files = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    try:
+        for e in run_dir.iterdir():
+            if e.name == ".hydra" and e.is_dir() and {p.name for p in e.iterdir()} <= hydra_files:
+                continue
+            if e.is_file() and e.suffix == ".log":
+                continue
+            return
+        shutil.rmtree(run_dir)
+        # and the date / sweep folders Hydra made for it, when nothing else is in them
+        outputs = (Path.cwd() / "outputs").resolve()
+        for parent in run_dir.resolve().parents:
+            if outputs not in parent.parents:  # only folders inside ./outputs, never outputs/ itself
+                break
+            left = [p.name for p in parent.iterdir()]
+            if left and left != ["multirun.yaml"]:
+                break
+            shutil.rmtree(parent)
+    except OSError:
+        pass

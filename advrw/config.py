@@ -1,7 +1,6 @@
-"""Config helpers shared by the entry points: resolvers, validation, device, run records.
+"""Config helpers shared by the entry points: resolvers, device, run records.
 
-Validation runs on the composed config before any data is read or any file is written, and
-raises ``AdvrwError`` with one line naming the bad value and what is allowed.
+Validation of config values lives in :mod:`advrw.validation`.
 """
 
 from __future__ import annotations
@@ -12,11 +11,8 @@ import subprocess
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from advrw.attacks.fat import validate_attack
-from advrw.attacks.mde import validate_eval_attack
-from advrw.attacks.pgd import check_budget
 from advrw.errors import AdvrwError
 
 log = logging.getLogger(__name__)
@@ -26,9 +22,6 @@ def register_resolvers() -> None:
     """``${mul:a,b}``: budgets written relative to eps (PGD-20 step = eps/10)."""
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
-    from advrw.campaign import register_resolvers as campaign_resolvers  # ${advrw_uid:}, ${advrw_min:}
-
-    campaign_resolvers()
 
 
 register_resolvers()
@@ -63,105 +56,14 @@ def amp_dtype(precision: str):
     raise AdvrwError(f"precision={precision!r} is unknown: choose fp32 or bf16")
 
 
-def _positive(name, value, allow_zero=False):
-    ok = value is not None and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise AdvrwError(f"{name}={value} is invalid: must be {'>= 0' if allow_zero else '> 0'}")
+def __getattr__(name: str):
+    """``validate_train`` / ``validate_eval`` now live in ``advrw.validation`` (re-exported lazily:
+    validation imports the suite, which imports this module)."""
+    if name in ("validate_train", "validate_eval"):
+        from advrw import validation
 
-
-def validate_eval(cfg: DictConfig) -> None:
-    """The evaluation suite's inputs: attack names, budgets, alpha_test, rho, n_eval."""
-    from advrw.suite import ATTACK_KINDS  # local: suite imports this module
-
-    ev = cfg.eval
-    _positive("eval.eps", ev.eps)
-    _positive("eval.batch_size", ev.batch_size)
-    if ev.n_eval is not None:
-        _positive("eval.n_eval", ev.n_eval)
-    if ev.checkpoint not in ("last", "best", "both"):
-        raise AdvrwError(f"eval.checkpoint={ev.checkpoint!r} is unknown: choose last, best or both")
-    for name, spec in (ev.attacks or {}).items():
-        kind = spec.get("kind")
-        if kind not in ATTACK_KINDS:
-            raise AdvrwError(f"eval.attacks.{name}.kind={kind!r} is unknown: choose one of {', '.join(ATTACK_KINDS)}")
-        if kind == "pgd":
-            check_budget(ev.eps, spec.step, spec.steps, spec.get("init", "uniform"), prefix=f"eval.attacks.{name}")
-        validate_eval_attack(name, spec)  # apgd_ce / mde keys
-    for name in as_list(ev.get("only")):
-        if name not in (ev.attacks or {}):
-            raise AdvrwError(f"eval.only names attack {name!r}, which eval={ev.name} does not have: "
-                             f"choose from {', '.join(ev.attacks or {})}")
-    for a in as_list(ev.alpha_test):
-        if a is None or a < 0:
-            raise AdvrwError(f"eval.alpha_test={a} is invalid: must be >= 0")
-    for r in as_list(ev.rho):
-        if r is None or r < 0:
-            raise AdvrwError(f"eval.rho={r} is invalid: must be >= 0")
-    from advrw.suite import selected_attacks
-
-    chosen = selected_attacks(ev)
-    if (as_list(ev.alpha_test) or as_list(ev.rho)) and ev.nonuniform_attack not in chosen:
-        raise AdvrwError(f"eval.nonuniform_attack={ev.nonuniform_attack!r} is not one of the attacks to run "
-                         f"({', '.join(chosen) or 'none'}): the non-uniform metrics need it")
-
-
-def validate_train(cfg: DictConfig) -> None:
-    """Everything a training run could reject, checked before any work."""
-    from advrw.data import DATASET_NAMES
-    from advrw.defenses import DEFENSES
-    from advrw.models import MODEL_NAMES
-    from advrw.weighting import COMBINES, SCHEMES
-
-    if cfg.dataset.name not in DATASET_NAMES:
-        raise AdvrwError(f"dataset.name={cfg.dataset.name!r} is unknown: choose one of {', '.join(DATASET_NAMES)}")
-    if cfg.model.name not in MODEL_NAMES:
-        raise AdvrwError(f"model.name={cfg.model.name!r} is unknown: choose one of {', '.join(MODEL_NAMES)}")
-    if cfg.defense.name not in DEFENSES:
-        raise AdvrwError(f"defense.name={cfg.defense.name!r} is unknown: choose one of {', '.join(DEFENSES)}")
-    if cfg.weighting.name not in SCHEMES:
-        raise AdvrwError(f"weighting.name={cfg.weighting.name!r} is unknown: choose one of {', '.join(SCHEMES)}")
-    if cfg.weighting.combine not in COMBINES:
-        raise AdvrwError(f"weighting.combine={cfg.weighting.combine!r} is unknown: choose one of {', '.join(COMBINES)}")
-    a = cfg.attack
-    check_budget(a.eps, a.step, a.steps, a.init, a.bn_mode, prefix="attack")
-    validate_attack(cfg)  # FAT / clamp_start / GAIRAT half_steps keys
-    losses = ("auto", "ce", "kl", "cw", "scaled_ce")
-    if a.get("loss", "auto") not in losses:
-        raise AdvrwError(f"attack.loss={a.loss!r} is unknown: choose one of {', '.join(losses)}")
-    if a.weighted and a.get("loss", "auto") not in ("auto", "ce", "kl"):
-        raise AdvrwError(f"attack.loss={a.loss} cannot be combined with attack.weighted=true: choose auto, ce or kl")
-    if a.weighted and a.alpha < 0:
-        raise AdvrwError(f"attack.alpha={a.alpha} is invalid: must be >= 0")
-    s = cfg.schedule
-    if int(s.epochs) != s.epochs or s.epochs < 1:
-        raise AdvrwError(f"schedule.epochs={s.epochs} is invalid: must be an integer >= 1")
-    if s.burn_in < 0 or s.burn_in >= s.epochs:
-        raise AdvrwError(f"schedule.burn_in={s.burn_in} is invalid: must be >= 0 and < schedule.epochs ({s.epochs})")
-    _positive("schedule.lr", s.lr)
-    _positive("schedule.weight_decay", s.weight_decay, allow_zero=True)
-    _positive("schedule.batch_size", s.batch_size)
-    if s.optimizer != "sgd":
-        raise AdvrwError(f"schedule.optimizer={s.optimizer!r} is unknown: choose sgd")
-    if s.lr_schedule not in ("piecewise", "cosine"):
-        raise AdvrwError(f"schedule.lr_schedule={s.lr_schedule!r} is unknown: choose piecewise or cosine")
-    if cfg.logger.name not in ("wandb", "none"):
-        raise AdvrwError(f"logger.name={cfg.logger.name!r} is unknown: choose wandb or none")
-    if cfg.dataset.val_size is None or cfg.dataset.val_size < 0:
-        raise AdvrwError(f"dataset.val_size={cfg.dataset.val_size} is invalid: must be >= 0")
-    from advrw.bestlast import validate_checkpoint_choice
-    validate_checkpoint_choice(cfg)
-    amp_dtype(cfg.precision)
-    resolve_device(cfg.device)
-    from advrw.awp import validate_minimizer
-    validate_minimizer(cfg)
-    from advrw.data.mixed import validate_extra
-    validate_extra(cfg)
-    validate_eval(cfg)
-    # Resolving every interpolation here turns a typo'd ${...} into an error now, not at epoch 75.
-    try:
-        OmegaConf.to_container(cfg, resolve=True)
-    except Exception as err:  # omegaconf raises several types; one line is what matters
-        raise AdvrwError(f"config does not resolve: {str(err).splitlines()[0]}") from None
+        return getattr(validation, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_writable(run_dir: Path) -> None:

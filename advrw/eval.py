@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from advrw import bestlast
 from advrw import checkpoint as ckpt_io
 from advrw.config import git_commit, resolve_device, seed_everything, validate_eval
-from advrw.cli import CONF_DIR
+from advrw.cli import CONF_DIR, remove_stray_run_dir
 from advrw.errors import AdvrwError
 from advrw.runlog import RunLog, write_json
 
@@ -65,7 +65,7 @@ def effective_config(cfg: DictConfig, saved: dict | None) -> DictConfig:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    from advrw.data import build_data
+    from advrw.data import build_data, subsets
     from advrw.models import build_model
     from advrw.results import write_report
     from advrw.suite import run_suite
@@ -80,9 +80,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     device = resolve_device(cfg.device)
     seed_everything(int(cfg.eval.seed), False)
     data = build_data(cfg.dataset, device)
-    n_eval = cfg.eval.n_eval or len(data.test_y)
-    if n_eval > len(data.test_y):
-        raise AdvrwError(f"eval.n_eval={n_eval} is larger than the test set ({len(data.test_y)} examples)")
+    idx, picked = subsets.eval_subset(data.test_y, cfg.eval)
+    n_eval = len(idx)
     norm = (data.mean, data.std) if cfg.dataset.get("normalize") else (None, None)
     model = build_model(cfg.model.name, data.num_classes, in_channels=data.channels, image_size=data.image_size,
                         mean=norm[0], std=norm[1])
@@ -97,8 +96,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     logger_cfg, run_name, link = eval_logger_settings(config["logger"], config, run_dir, obj if is_advrw else None)
     runlog = RunLog(run_dir, logger_cfg, {**config, **link, "run_info": info}, name=run_name)
-    x = data.test_x[:n_eval].float().div_(255)
-    y = data.test_y[:n_eval]
+    x = data.test_x[idx.to(data.test_x.device)].float().div_(255)
+    y = data.test_y[idx.to(data.test_y.device)]
     log.info("evaluating %s (%s, epoch %s) with eval=%s on %d %s test images, eps %.4g", path, kind,
              info["epoch"], cfg.eval.name, n_eval, cfg.dataset.name, cfg.eval.eps)
     ev = OmegaConf.to_container(cfg.eval, resolve=True)
@@ -112,7 +111,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         results["protocol"].update({"checkpoint": bestlast.protocol(kind, path, obj) if is_advrw else
                                     {"path": str(path), "kind": kind, "epoch": info["epoch"]},
                                     "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test",
-                                    "eval": cfg.eval.name})
+                                    "eval": cfg.eval.name, "subsets": {**data.subsets, "eval": picked}})
         if is_advrw:
             tc = obj["config"]
             results["protocol"].update({"defense": tc["defense"]["name"], "weighting": tc["weighting"]["name"],
@@ -137,6 +136,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         results = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except AdvrwError as err:  # one line for the user, nothing else (no traceback, no log echo)
         print(f"advrw: error: {err}", file=sys.stderr)
+        remove_stray_run_dir(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
     return results.get("worst_case", {}).get("robust_accuracy")
 

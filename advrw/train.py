@@ -20,7 +20,7 @@ from tqdm import tqdm
 from advrw import checkpoint as ckpt_io
 from advrw.config import (amp_dtype, check_writable, git_commit, resolve_device, seed_everything,
                           validate_train)
-from advrw.cli import CONF_DIR
+from advrw.cli import CONF_DIR, remove_stray_run_dir
 from advrw.errors import AdvrwError
 from advrw.lifecycle import RunState, exit_code, user_line, write_error
 from advrw.runlog import RunLog, write_json
@@ -80,10 +80,11 @@ def _as_float(x_uint8):
 
 def validate_epoch(model, data, cfg, batch_size) -> dict:
     """Clean and PGD accuracy on the held-out split (its own seeded RNG: training's is untouched)."""
+    from advrw.data.subsets import take
     from advrw.suite import predict, white_box
 
-    n = cfg.validation.n or len(data.val_y)
-    x, y = _as_float(data.val_x[:n]), data.val_y[:n]
+    idx = take(data.val_y, cfg.validation.n, seed=int(cfg.dataset.split_seed), key="validation.n")
+    x, y = _as_float(data.val_x[idx.to(data.val_x.device)]), data.val_y[idx.to(data.val_y.device)]
     spec = {"kind": "pgd", "objective": "ce", "steps": int(cfg.validation.steps), "step": float(cfg.validation.step),
             "restarts": 1, "init": "uniform"}
     clean = predict(model, x, batch_size)
@@ -128,7 +129,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
-    from advrw.data import DeviceBatches, build_data
+    from advrw.data import DeviceBatches, build_data, subsets
     from advrw.data.mixed import mixed_batches
 
     cfg = state.cfg
@@ -141,9 +142,7 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
     device = resolve_device(cfg.device)
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     data = build_data(cfg.dataset, device)
-    n_eval = cfg.eval.n_eval or len(data.test_y)
-    if n_eval > len(data.test_y):
-        raise AdvrwError(f"eval.n_eval={n_eval} is larger than the test set ({len(data.test_y)} examples)")
+    eval_subset = subsets.eval_subset(data.test_y, cfg.eval)  # checked now, not after training
     model = build_model_for(cfg, data, device)
     s = cfg.schedule
     opt, sched = optimizer_and_scheduler(model, s)
@@ -223,19 +222,20 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
                                          run_dir / "class_weight_sums.png")
         except Exception as err:
             log.warning("class weight figure failed: %s", err)
-    results = final_eval(cfg, model, data, run_dir, runlog, n_eval)
+    results = final_eval(cfg, model, data, run_dir, runlog, eval_subset)
     runlog.finish()
     return results
 
 
-def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, n_eval: int) -> dict:
+def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, subset: tuple) -> dict:
     """The evaluation suite on the test set with the configured checkpoint (last, best or both)."""
     from advrw import bestlast
     from advrw.awp import spec_fields as awp_spec_fields
     from advrw.results import write_report
     from advrw.suite import run_suite
 
-    x, y = _as_float(data.test_x[:n_eval]), data.test_y[:n_eval]
+    idx, picked = subset  # (indices, record) from advrw.data.subsets.eval_subset
+    x, y = _as_float(data.test_x[idx.to(data.test_x.device)]), data.test_y[idx.to(data.test_y.device)]
     ev = OmegaConf.to_container(cfg.eval, resolve=True)
     scored = {}
     for kind in bestlast.kinds(cfg.eval.checkpoint):
@@ -247,7 +247,7 @@ def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, n_eval: int) -> 
                                     "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test",
                                     "defense": cfg.defense.name, "weighting": cfg.weighting.name,
                                     "eval": cfg.eval.name, "train_seed": int(cfg.seed),
-                                    "minimizer": awp_spec_fields(cfg)})
+                                    "minimizer": awp_spec_fields(cfg), "subsets": {**data.subsets, "eval": picked}})
         scored[kind] = results
     results = bestlast.merge(scored)  # figures and W&B tables: the last scored (last with both)
     write_report(run_dir, results, arrays, data.classes, runlog, plots=bool(cfg.eval.plots))
@@ -261,6 +261,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         results = run(cfg, run_dir)
     except AdvrwError as err:  # one line for the user, nothing else (no traceback, no log echo)
         print(user_line(err), file=sys.stderr)
+        if exit_code(err) == 2:  # refused input: drop the run dir Hydra made if it holds nothing else
+            remove_stray_run_dir(run_dir)
         sys.exit(exit_code(err))
     except OSError as err:  # a record write failed (disk full, read-only): one line, not a traceback
         line = write_error(err)

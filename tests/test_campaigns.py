@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from advrw.campaign import swept_overrides, wandb_identity, with_sweep_preset
-from advrw.cli import CONF_DIR, job_overrides, precheck
+from advrw.campaign import swept_overrides, wandb_identity
+from advrw.cli import CONF_DIR, job_overrides, precheck, sweeper_params, with_sweeper_params
 from advrw.config import validate_train
 from conftest import cli, ok, results
 
@@ -26,7 +26,10 @@ TINY = ["experiment=smoke", "dataset.n_train=64", "dataset.n_test=32", "dataset.
 
 
 def preset_jobs(*args: str) -> list[list[str]]:
-    return job_overrides(with_sweep_preset(CONF_DIR, "train", list(args), True), True)
+    """The jobs the precheck validates (and Hydra's sweeper launches) for ``-m args``."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        overrides = with_sweeper_params(sweeper_params(compose, "train", list(args)), list(args))
+    return job_overrides(overrides, True)
 
 
 @pytest.mark.parametrize("preset, extra, n", [

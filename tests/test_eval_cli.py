@@ -41,12 +41,15 @@ def test_eval_best_checkpoint_and_plain_state_dict(run_cli, tmp_path, trained_ru
     assert a["clean"]["accuracy"] == pytest.approx(b["clean"]["accuracy"])
 
 
-def test_eval_multirun_over_alpha_test(run_cli, tmp_path, trained_run):
+def test_eval_multirun_over_checkpoints_with_an_alpha_test_list(run_cli, tmp_path, trained_run):
+    """A sweep over checkpoints stays a sweep; alpha_test is a list scored inside each job."""
     sweep = tmp_path / "sweep"
-    ok(run_cli("eval", "-m", f"ckpt={trained_run}", "eval=nonuniform", "eval.alpha_test=0.5,2", "eval.rho=[]",
-               "logger=none", "eval.plots=false", "n_eval=64", f"hydra.sweep.dir={sweep}"))
+    ok(run_cli("eval", "-m", f"ckpt={trained_run},{trained_run / 'best.pt'}", "eval=nonuniform",
+               "eval.alpha_test=[0.5,2]", "eval.rho=[]", "logger=none", "eval.plots=false", "n_eval=64",
+               f"hydra.sweep.dir={sweep}"))
     runs = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
-    assert sorted(float(a) for r in runs for a in r["nonuniform"]["alpha_test"]) == [0.5, 2.0]
+    assert len(runs) == 2 and {r["protocol"]["checkpoint"]["kind"] for r in runs} == {"last", "best"}
+    assert all(sorted(float(a) for a in r["nonuniform"]["alpha_test"]) == [0.5, 2.0] for r in runs)
     assert all(r["protocol"]["n_eval"] == 64 for r in runs)  # the top-level n_eval shorthand
 
 

@@ -10,9 +10,11 @@
 from advrw.data.batches import DeviceBatches, crop_flip
 from advrw.data.build import DATASET_NAMES, DEFAULT_AUGMENT, STATS, build_data
 from advrw.data.bundle import DataBundle, channel_stats
+from advrw.data import subsets
 from advrw.data.mixed import MixedBatches
 
 __all__ = [
+    "subsets",
     "DATASET_NAMES",
     "DEFAULT_AUGMENT",
     "STATS",

@@ -4,10 +4,12 @@ Order of operations (all deterministic in ``split_seed``):
 
 1. load the full train and test sets (uint8 NCHW on the CPU);
 2. mean/std: the standard constants for MNIST/CIFAR/SVHN, else computed from the full training set;
-3. ``n_train``: keep the first ``n_train`` of a ``split_seed`` permutation of the training set
-   (``n_test`` likewise for the test set, with a second generator);
-4. ``val_size``: the first ``val_size`` of those go to the validation split, the rest train
-   (so the training split has ``n_train - val_size`` examples; the test set is never touched);
+3. ``n_train``: a ``dataset.subset`` sample (default class-stratified, seeded by ``split_seed``;
+   see :mod:`advrw.data.subsets`) of the training set (``n_test`` likewise for the test set, with
+   another seed);
+4. ``val_size``: a stratified (``random`` under ``subset=random``) sample of those goes to the
+   validation split, the rest train (so the training split has ``n_train - val_size`` examples;
+   the test set is never touched);
 5. ``extra_npz`` rows are appended to the training split (``DataBundle.n_extra``);
 6. everything moves to ``device``.
 """
@@ -24,6 +26,7 @@ import torch
 from advrw.data import archive, sources
 from advrw.data.bundle import DataBundle, RawData, channel_stats
 from advrw.data.options import default_cache_dir, default_data_root, get, opt_bool, opt_int, opt_path
+from advrw.data.subsets import RULES, describe, take
 from advrw.errors import AdvrwError
 
 log = logging.getLogger(__name__)
@@ -97,12 +100,20 @@ def _channels(cfg: Any) -> int:
     return channels
 
 
-def _subset(n: int, k: int | None, seed: int, key: str, name: str, what: str) -> torch.Tensor | None:
-    """Indices (a ``seed`` permutation's first ``k``, or all of it when k is None); None = all, in order."""
+def _subset(labels: torch.Tensor, k: int | None, seed: int, key: str, name: str, what: str,
+            rule: str) -> torch.Tensor:
+    """Sorted indices of a ``rule`` subset of ``k`` (all when k is None), seeded by ``seed``."""
+    n = len(labels)
     if k is not None and k > n:
         raise AdvrwError(f"dataset.{key}={k} is invalid: the {name} {what} set has only {n} images")
-    g = torch.Generator().manual_seed(seed)
-    return torch.randperm(n, generator=g)[: (n if k is None else k)]
+    return take(labels, k, rule=rule, seed=seed, key=f"dataset.{key}")
+
+
+def _rule(cfg: Any) -> str:
+    rule = get(cfg, "subset", "stratified")
+    if rule not in RULES:
+        raise AdvrwError(f"dataset.subset={rule!r} is unknown: choose one of {', '.join(RULES)}")
+    return rule
 
 
 def build_data(cfg: Any, device: torch.device | str) -> DataBundle:
@@ -115,6 +126,7 @@ def build_data(cfg: Any, device: torch.device | str) -> DataBundle:
     augment = opt_bool(cfg, "augment", None)
     augment = DEFAULT_AUGMENT[name] if augment is None else augment
     extra = opt_path(cfg, "extra_npz")
+    rule = _rule(cfg)
     if n_train is not None and val_size >= n_train:
         raise AdvrwError(
             f"dataset.val_size={val_size} is invalid: must be < dataset.n_train={n_train} "
@@ -131,22 +143,31 @@ def build_data(cfg: Any, device: torch.device | str) -> DataBundle:
     mean, std = STATS[name] if name in STATS else channel_stats(raw.train_x)
 
     n_full = raw.train_x.shape[0]
-    pool = _subset(n_full, n_train, split_seed, "n_train", name, "training")
+    pool = _subset(raw.train_y, n_train, split_seed, "n_train", name, "training", rule)
     if val_size >= len(pool):
         raise AdvrwError(
             f"dataset.val_size={val_size} is invalid: must be < {len(pool)}, the size of the {name} training set"
         )
-    train_idx, val_idx = pool[val_size:].sort().values, pool[:val_size].sort().values
+    # the validation split: a class-balanced part of the pool (never "the first" of a class-ordered set)
+    val_rule = "random" if rule == "random" else "stratified"
+    val_local = take(raw.train_y[pool], val_size, rule=val_rule, seed=split_seed + 7919) if val_size else pool[:0]
+    keep = torch.ones(len(pool), dtype=torch.bool)
+    keep[val_local] = False
+    train_idx, val_idx = pool[keep], pool[val_local]
     if len(train_idx) == n_full:
         train_x, train_y = raw.train_x, raw.train_y
     else:
         train_x, train_y = raw.train_x[train_idx], raw.train_y[train_idx]
     val_x, val_y = raw.train_x[val_idx], raw.train_y[val_idx]
-    if n_test is not None:
-        test_idx = _subset(raw.test_x.shape[0], n_test, split_seed + 1_000_003, "n_test", name, "test").sort().values
+    n_test_full = raw.test_x.shape[0]
+    test_idx = _subset(raw.test_y, n_test, split_seed + 1_000_003, "n_test", name, "test", rule)
+    if n_test is not None and len(test_idx) < n_test_full:
         test_x, test_y = raw.test_x[test_idx], raw.test_y[test_idx]
     else:
         test_x, test_y = raw.test_x, raw.test_y
+    subsets = {"train": describe(pool, n_full, rule, split_seed),
+               "val": describe(val_idx, len(pool), val_rule, split_seed + 7919),
+               "test": describe(test_idx, n_test_full, rule, split_seed + 1_000_003)}
 
     n_extra = 0
     if extra is not None:
@@ -178,6 +199,7 @@ def build_data(cfg: Any, device: torch.device | str) -> DataBundle:
         std=tuple(float(s) for s in std),
         augment=bool(augment),
         n_extra=n_extra,
+        subsets=subsets,
     )
     log.info("data %s (%.1fs)", bundle.summary(), time.perf_counter() - t0)
     return bundle

@@ -6,7 +6,7 @@ in [0, 1] only when they are drawn (see :mod:`advrw.data.batches`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -43,6 +43,8 @@ class DataBundle:
     std: tuple[float, ...]
     augment: bool  # crop(pad 4) + flip for training batches
     n_extra: int = 0  # trailing rows of train_x that came from dataset.extra_npz
+    # how each split was taken (advrw.data.subsets.describe): rule, seed, size, hash of the indices
+    subsets: dict = field(default_factory=dict)
 
     @property
     def channels(self) -> int:
