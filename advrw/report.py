@@ -242,7 +242,7 @@ def job_columns(res: dict, label_last: bool = False) -> list[tuple[str, float, t
 
 def _columns(res: dict, prefix: str) -> list[tuple[str, float, tuple]]:
     c = _CKPT_RANK[prefix.strip()]
-    out = [(prefix + "clean", 100 * res["clean"]["accuracy"], (0, 0, 0, c))]
+    out = [(prefix + "clean", 100 * res["clean"]["accuracy"], (0, 0, "", c))]
     for name, e in res.get("attacks", {}).items():
         proto = e.get("protocol", {})
         kind = _attack_kind(name, proto)
