@@ -4,8 +4,12 @@
 
 Jobs are found as dirs holding ``.hydra/config.yaml``; they are grouped by their command-line
 overrides with ``seed`` (and invocation settings such as ``resume``) removed, and every number is
-reported as mean ± std over the group's seeds (sample std, n-1) with n. Columns: clean accuracy,
-each attack with its budget, the per-example worst case, A_rob and A_sa / A_tr per alpha_test.
+reported as mean ± std over the group's seeds (sample std, n-1) with n. Rows and columns follow
+the papers' tables: rows by method (AT, TRADES, MART, FAT, AWP, GAIRAT, MAIL, VIR, EWAT, margin_exp)
+when the method varies, swept numbers numerically; columns clean, FGSM, PGD-k, APGD-CE, CW, FMN,
+AA, MDE, other attacks, worst case (each attack with its budget), then A_rob and A_sa / A_tr per
+alpha_test. A run evaluated with ``eval.checkpoint=both`` gives a ``best`` and a ``last`` column
+per number (EWAT Table 2's Best / Last PGD-10).
 Where a group is a paper preset as is (``experiment=...`` with a ``paper:`` block, no other
 change but the seed), the paper's number and our difference sit next to ours. Jobs without
 ``results.json`` are listed by dir with what they got to. Figures (PNG, beside the table):
@@ -113,6 +117,54 @@ def _sort_value(v) -> tuple:
     return (0, n, "") if n is not None else (1, 0.0, str(v))
 
 
+# The papers' row order: baselines first, then the reweighting schemes (MAIL, VIR and EWAT tables).
+SCHEME_ORDER = ("none", "gairat", "mail", "vir", "ewat", "margin_exp")
+SCHEME_LABEL = {"gairat": "GAIRAT", "mail": "MAIL", "vir": "VIR", "ewat": "EW", "margin_exp": "margin_exp"}
+DEFENSE_ORDER = ("at", "trades", "mart")
+# VIR Table 1 lists VIR-TRADES before VIR-AT; every other table AT, TRADES, MART.
+SCHEME_DEFENSE_ORDER = {"vir": ("trades", "at", "mart")}
+# Override keys that change the method (a row's place in the table), not a hyperparameter of it.
+METHOD_KEYS = ("experiment", "defense", "weighting", "attack", "minimizer")
+
+
+def _choice(config: dict, group: str) -> str:
+    return str((config.get(group) or {}).get("name") or "")
+
+
+def method_label(config: dict) -> str:
+    """``AT``, ``TRADES-AWP``, ``FAT``, ``MAIL-TRADES``, ``EW-AT``, ``GAIRAT`` ... from a job's config."""
+    defense, scheme = _choice(config, "defense"), _choice(config, "weighting") or "none"
+    fat, awp = _choice(config, "attack") == "fat", _choice(config, "minimizer") == "awp"
+    base = defense.upper() if defense else "?"
+    if fat:  # FAT is AT with early-stopped PGD; FAT-TRADES / FAT-MART name their defense
+        base = "FAT" if defense == "at" else f"FAT-{base}"
+    if scheme == "gairat" and defense == "at" and not fat:
+        label = "GAIRAT"
+    elif scheme != "none":
+        label = f"{SCHEME_LABEL.get(scheme, scheme)}-{base}"
+    else:
+        label = base
+    return label + ("-AWP" if awp else "")
+
+
+def method_rank(config: dict) -> tuple:
+    """Where a method sits in the papers' tables (unknown schemes after the known ones, by name)."""
+    defense, scheme = _choice(config, "defense"), _choice(config, "weighting") or "none"
+    order = SCHEME_DEFENSE_ORDER.get(scheme, DEFENSE_ORDER)
+    variant = (_choice(config, "attack") == "fat") + 2 * (_choice(config, "minimizer") == "awp")
+    return (SCHEME_ORDER.index(scheme) if scheme in SCHEME_ORDER else len(SCHEME_ORDER), scheme, variant,
+            order.index(defense) if defense in order else len(order), defense)
+
+
+def _method_varies(varying: list[str]) -> bool:
+    return any(k in METHOD_KEYS for k in varying)
+
+
+def label_keys(varying: list[str]) -> list[str]:
+    """The row-label columns: a ``method`` column (AT, FAT, MAIL-AT ...) first when rows are presets."""
+    return ["method", *varying] if "experiment" in varying else list(varying)
+
+
 def group_jobs(jobs: list[Job]) -> tuple[list[Group], list[str], list[str]]:
     """Groups sorted numerically; the override keys that vary across groups; the common ones."""
     groups: dict[tuple, Group] = {}
@@ -124,8 +176,13 @@ def group_jobs(jobs: list[Job]) -> tuple[list[Group], list[str], list[str]]:
     keys = list(dict.fromkeys(k for g in groups for k, _ in g))
     varying = [k for k in keys if len({dict(g).get(k) for g in groups}) > 1]
     common = [f"{k}={dict(next(iter(groups)))[k]}" for k in keys if k not in varying and groups]
-    ordered = sorted(groups.values(), key=lambda g: tuple(_sort_value(dict(g.key).get(k, "")) for k in varying))
-    return ordered, varying, common
+    by_method = _method_varies(varying)
+
+    def order(g: Group) -> tuple:
+        first = method_rank(g.jobs[0].config) if by_method and g.jobs else ()
+        return (first, *(_sort_value(dict(g.key).get(k, "")) for k in varying))
+
+    return sorted(groups.values(), key=order), varying, common
 
 
 def _fmt_255(x: float) -> str:
@@ -139,7 +196,13 @@ def budget(proto: dict) -> str:
     parts = [f"eps {_fmt_255(float(proto['eps']))}"] if "eps" in proto else []
     if "steps" in proto and "step" in proto:
         parts.append(f"{proto['steps']} x {_fmt_255(float(proto['step']))}")
-    if int(proto.get("restarts", 1) or 1) > 1:
+    elif "steps" in proto:  # FMN: steps without a fixed step size
+        parts.append(f"{proto['steps']} steps")
+    if "n_iter" in proto and proto.get("attack") == "apgd_ce":
+        parts.append(f"{proto['n_iter']} iter")
+    if "md_steps" in proto:  # MDE: the margin-decomposition stages' budget
+        parts.append(f"MD {proto['md_steps']} steps, change point {proto.get('change_point')}")
+    if isinstance(proto.get("restarts"), int) and proto["restarts"] > 1:
         parts.append(f"{proto['restarts']} restarts")
     for k in ("version", "n_queries", "nb_iter"):
         if k in proto:
@@ -147,24 +210,64 @@ def budget(proto: dict) -> str:
     return ", ".join(parts)
 
 
-def job_metrics(res: dict) -> dict[str, float]:
-    """Column name -> accuracy in %, for one results.json."""
-    out = {"clean": 100 * res["clean"]["accuracy"]}
+# The papers' column order (VIR Table 1, MAIL Table 2, EWAT Table 2): clean, FGSM, PGD-k (by k),
+# APGD-CE, CW, FMN, AA, MDE, then attacks no table shares, the worst case, Zeng's metrics.
+_KIND_RANK = {"fgsm": 1, "pgd": 2, "apgd_ce": 3, "cw": 4, "fmn": 5, "autoattack": 6, "mde": 7}
+_CKPT_RANK = {"": 0, "best": 0, "last": 1}
+
+
+def _attack_kind(name: str, proto: dict) -> str:
+    """fgsm / pgd (on CE) / apgd_ce / cw / fmn / autoattack / mde, or '' for the rest; from the protocol,
+    from the attack's name for results.json files written before protocols named it."""
+    kind = proto.get("attack")
+    if kind == "pgd":
+        objective = proto.get("objective", "ce")
+        return {"ce": "pgd", "cw": "cw"}.get(objective, "")
+    if kind:
+        return kind if kind in _KIND_RANK else ""
+    low = name.lower()
+    return next((k for k in ("apgd_ce", "autoattack", "mde", "fmn", "fgsm", "cw", "pgd") if low.startswith(k)), "")
+
+
+def job_columns(res: dict, label_last: bool = False) -> list[tuple[str, float, tuple]]:
+    """(column, accuracy in %, sort key) for one results.json. A results.json of
+    ``eval.checkpoint=both`` gives a ``best ...`` and a ``last ...`` column per number; a single-
+    checkpoint one is prefixed when it scored best.pt (or last.pt, where ``label_last``)."""
+    if "checkpoints" in res:
+        return [c for kind in ("best", "last") if kind in res["checkpoints"]
+                for c in _columns(res["checkpoints"][kind], kind + " ")]
+    kind = ((res.get("protocol") or {}).get("checkpoint") or {}).get("kind", "last")
+    return _columns(res, "best " if kind == "best" else "last " if label_last else "")
+
+
+def _columns(res: dict, prefix: str) -> list[tuple[str, float, tuple]]:
+    c = _CKPT_RANK[prefix.strip()]
+    out = [(prefix + "clean", 100 * res["clean"]["accuracy"], (0, 0, "", c))]
     for name, e in res.get("attacks", {}).items():
-        out[f"{name} ({budget(e.get('protocol', {}))})"] = 100 * e["robust_accuracy"]
+        proto = e.get("protocol", {})
+        kind = _attack_kind(name, proto)
+        steps = int(proto.get("steps", 0) or 0) if kind in ("pgd", "cw") else 0
+        rank = (_KIND_RANK[kind], steps, "", c) if kind else (8, 0, "", c)
+        out.append((f"{prefix}{name} ({budget(proto)})", 100 * e["robust_accuracy"], rank))
     if "worst_case" in res:
-        out["worst case"] = 100 * res["worst_case"]["robust_accuracy"]
+        out.append((prefix + "worst case", 100 * res["worst_case"]["robust_accuracy"], (9, 0, "", c)))
     nu = res.get("nonuniform")
     if nu:
-        out["A_rob"] = 100 * nu["A_rob"]
+        out.append((prefix + "A_rob", 100 * nu["A_rob"], (10, 0, "", c)))
         for a in sorted(nu.get("alpha_test", {}), key=float):
-            out[f"A_sa@{float(a):g}"] = 100 * nu["alpha_test"][a]["A_sa"]
-            out[f"A_tr@{float(a):g}"] = 100 * nu["alpha_test"][a]["A_tr"]
+            out.append((f"{prefix}A_sa@{float(a):g}", 100 * nu["alpha_test"][a]["A_sa"], (11, float(a), "sa", c)))
+            out.append((f"{prefix}A_tr@{float(a):g}", 100 * nu["alpha_test"][a]["A_tr"], (11, float(a), "tr", c)))
     return out
 
 
+def job_metrics(res: dict, label_last: bool = False) -> dict[str, float]:
+    """Column name -> accuracy in %, for one results.json."""
+    return {col: v for col, v, _ in job_columns(res, label_last)}
+
+
 def paper_metrics(paper: dict, columns: list[str]) -> dict[str, float]:
-    """The preset's ``paper:`` numbers mapped onto our column names."""
+    """The preset's ``paper:`` numbers mapped onto our column names (the unprefixed ones: a paper's
+    number is compared with the checkpoint a plain evaluation scores)."""
     out = {}
     if paper.get("clean") is not None:
         out["clean"] = float(paper["clean"])
@@ -198,19 +301,32 @@ class Row:
     n: int
     seeds: list
     stats: dict  # column -> (mean, std or None, n, paper or None)
+    paper_source: str | None = None
 
 
 def build_rows(groups: list[Group], varying: list[str]) -> tuple[list[Row], list[str]]:
+    """One row per group (in the groups' order); columns in the papers' order (``_columns``)."""
     per_group = []
-    columns: list[str] = []
+    ranks: dict[str, tuple] = {}
+    label_last = any("checkpoints" in j.results for g in groups for j in g.jobs if j.results)
     for g in groups:
         done = [j for j in g.jobs if j.results]
         if not done:
             continue
-        ms = [job_metrics(j.results) for j in done]
-        for m in ms:
-            columns += [c for c in m if c not in columns]
+        ms = []
+        for j in done:
+            cols = job_columns(j.results, label_last)
+            for col, _, rank in cols:
+                ranks.setdefault(col, rank)
+            ms.append({col: v for col, v, _ in cols})
         per_group.append((g, done, ms))
+    # attacks no table shares (logit scaling, Square, SPSA) keep the results' order, best before last
+    base = {c: c.split(" ", 1)[1] if c.startswith(("best ", "last ")) else c for c in ranks}
+    first_seen: dict[str, int] = {}
+    for c in ranks:
+        first_seen.setdefault(base[c], len(first_seen))
+    columns = sorted(ranks, key=lambda c: (*ranks[c][:2], ranks[c][2] if ranks[c][0] != 8 else "",
+                                           first_seen[base[c]], ranks[c][3]))
     rows = []
     for g, done, ms in per_group:
         paper = _paper_of(g, varying)
@@ -222,8 +338,10 @@ def build_rows(groups: list[Group], varying: list[str]) -> tuple[list[Row], list
                 sd = statistics.stdev(vals) if len(vals) > 1 else None
                 stats[c] = (statistics.fmean(vals), sd, len(vals), paper_vals.get(c))
         seeds = sorted((j.seed for j in done), key=_sort_value)
-        rows.append(Row(g.label(varying), len(done), seeds, stats))
-    # a column budget that never appears twice is the usual case; keep the results' order
+        label = g.label(varying)
+        if "method" in label_keys(varying):
+            label = {"method": method_label(done[0].config), **label}
+        rows.append(Row(label, len(done), seeds, stats, (paper or {}).get("source") if paper_vals else None))
     return rows, columns
 
 
@@ -258,6 +376,12 @@ def markdown(rows, varying, columns, common, failed) -> str:
               "|" + "|".join("---" if i < len(varying or ["run"]) + 1 else "---:" for i in range(len(head))) + "|"]
     lines += ["| " + " | ".join(esc(c) for c in _row_cells(r, varying, columns)) + " |" for r in rows]
     lines += ["", "Accuracy in %, mean ± std over seeds (n = seeds with results)."]
+    if any(c.startswith(("best ", "last ")) for c in columns):
+        lines += ["`best`: best.pt, the epoch with the highest PGD accuracy on the validation split (never the "
+                  "test set); `last`: last.pt (eval.checkpoint=both scores both in one evaluation)."]
+    sources = [(_row_name(r, varying), r.paper_source) for r in rows if r.paper_source]
+    if sources:
+        lines += ["", "Paper numbers:", ""] + [f"- {esc(name)}: {esc(src)}" for name, src in sources]
     if failed:
         lines += ["", f"Jobs without results ({len(failed)}):", ""]
         lines += [f"- `{j.dir}`: {j.status}" for j in failed]
@@ -422,15 +546,16 @@ def main(argv=None) -> int:
         return 2
     groups, varying, common = group_jobs(jobs)
     rows, columns = build_rows(groups, varying)
+    shown = label_keys(varying)  # the row-label columns (a method column for presets)
     failed = [j for j in jobs if not j.results]
     out = args.out or args.dirs[0]
     out.mkdir(parents=True, exist_ok=True)
     if args.csv:
-        text, name = csv_text(rows, varying, columns), "report.csv"
+        text, name = csv_text(rows, shown, columns), "report.csv"
     elif args.latex:
-        text, name = latex(rows, varying, columns), "report.tex"
+        text, name = latex(rows, shown, columns), "report.tex"
     else:
-        text, name = markdown(rows, varying, columns, common, failed), "report.md"
+        text, name = markdown(rows, shown, columns, common, failed), "report.md"
     (out / name).write_text(text)
     sys.stdout.write(text)
     if failed and (args.csv or args.latex):
@@ -445,8 +570,8 @@ def main(argv=None) -> int:
     log.info("%d jobs (%d without results) in %d rows -> %s%s", len(jobs), len(failed), len(rows), out / name,
              "".join(f", {p.name}" for p in pngs))
     if args.wandb:
-        head = _header(varying, columns)
-        log_to_wandb([_row_cells(r, varying, columns) for r in rows], head, pngs, jobs, f"report-{out.name}", out)
+        head = _header(shown, columns)
+        log_to_wandb([_row_cells(r, shown, columns) for r in rows], head, pngs, jobs, f"report-{out.name}", out)
     return 0
 
 
