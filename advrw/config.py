@@ -22,6 +22,9 @@ def register_resolvers() -> None:
     """``${mul:a,b}``: budgets written relative to eps (PGD-20 step = eps/10)."""
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
+    from advrw.campaign import register_resolvers as campaign_resolvers  # ${advrw_uid:}, ${advrw_min:}
+
+    campaign_resolvers()
 
 
 register_resolvers()

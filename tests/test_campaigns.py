@@ -60,7 +60,8 @@ def test_zeng_alpha_grid_and_command_line_wins():
 def test_precheck_validates_every_job_of_a_preset(capsys):
     # AT/TRADES/MART have no burn-in, so the first job is fine; the schemes' burn-in 74-75 >= 50 epochs is not
     with pytest.raises(SystemExit) as e:
-        precheck("train", validate_train, ["-m", "sweep=vir_table1", "schedule.epochs=50"])
+        precheck("train", validate_train, ["-m", "sweep=vir_table1", "schedule.epochs=50",
+                                             "schedule.milestones=[30,40]"])
     assert e.value.code == 2 and "schedule.burn_in=" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         precheck("train", validate_train, ["sweep=seeds", "experiment=smoke"])
