@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from advrw.attacks.pgd import check_budget
 from advrw.errors import AdvrwError
+from advrw.hardware import validate_runtime
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def validate_train(cfg: DictConfig) -> None:
         raise AdvrwError(f"dataset.val_size={cfg.dataset.val_size} is invalid: must be >= 0")
     if cfg.eval.checkpoint == "best" and not cfg.dataset.val_size:
         raise AdvrwError("eval.checkpoint=best needs a validation split: set dataset.val_size > 0 (or eval.checkpoint=last)")
-    amp_dtype(cfg.precision)
+    validate_runtime(cfg)  # precision, channels_last, compile (advrw.hardware)
     resolve_device(cfg.device)
     validate_eval(cfg)
     # Resolving every interpolation here turns a typo'd ${...} into an error now, not at epoch 75.

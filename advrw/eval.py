@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from advrw import checkpoint as ckpt_io
+from advrw import hardware
 from advrw.config import git_commit, resolve_device, seed_everything, validate_eval
 from advrw.cli import CONF_DIR
 from advrw.errors import AdvrwError
@@ -75,7 +76,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     kind = path.stem if path.stem in ("best", "last") else "state_dict" if not is_advrw else "checkpoint"
     config = OmegaConf.to_container(cfg, resolve=True)
     info = {"git_commit": git_commit(), "command": " ".join(sys.argv), "checkpoint": str(path),
-            "checkpoint_kind": kind, "epoch": obj.get("epoch") if is_advrw else None}
+            "checkpoint_kind": kind, "epoch": obj.get("epoch") if is_advrw else None,
+            "runtime": hardware.eval_runtime(device)}
     write_json(run_dir / "run_info.json", info)
     logger_cfg = dict(config["logger"])
     logger_cfg["dir"] = logger_cfg.get("dir") or str(run_dir)
@@ -90,11 +92,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     results, arrays = run_suite(model, x, y, ev, num_classes=data.num_classes, progress=bool(cfg.progress))
     results["protocol"].update({"checkpoint": {"path": str(path), "kind": kind, "epoch": info["epoch"]},
                                 "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test",
-                                "eval": cfg.eval.name})
+                                "eval": cfg.eval.name, "runtime": info["runtime"]})
     if is_advrw:
         tc = obj["config"]
         results["protocol"].update({"defense": tc["defense"]["name"], "weighting": tc["weighting"]["name"],
-                                    "train_seed": tc.get("seed")})
+                                    "train_seed": tc.get("seed"),
+                                    "train_runtime": (obj.get("run_info") or {}).get("runtime")})
     write_report(run_dir, results, arrays, data.classes, runlog, plots=bool(cfg.eval.plots))
     runlog.finish()
     return results

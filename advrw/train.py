@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from advrw import checkpoint as ckpt_io
+from advrw import hardware
 from advrw.config import (amp_dtype, check_writable, git_commit, resolve_device, seed_everything,
                           validate_train)
 from advrw.cli import CONF_DIR
@@ -36,7 +37,7 @@ RESUME_MUTABLE = INVOCATION_KEYS + ("schedule.epochs", "logger", "eval", "datase
                                     "dataset.cache_dir")
 
 
-def step_spec(cfg: DictConfig) -> StepSpec:
+def step_spec(cfg: DictConfig, runtime=None) -> StepSpec:
     from advrw.weighting import scheme_hparams
 
     d = OmegaConf.to_container(cfg.defense, resolve=True)
@@ -48,16 +49,16 @@ def step_spec(cfg: DictConfig) -> StepSpec:
         scheme=w["name"], scheme_hparams=hp, detach=bool(w["detach"]), combine=w["combine"],
         eps=float(cfg.attack.eps), step=float(cfg.attack.step), steps=int(cfg.attack.steps), init=cfg.attack.init,
         bn_mode=cfg.attack.bn_mode, attack_loss=cfg.attack.get("loss", "auto"), weighted_attack=bool(cfg.attack.weighted), attack_alpha=float(cfg.attack.alpha),
-        amp_dtype=amp_dtype(cfg.precision))
+        amp_dtype=runtime.amp_dtype if runtime is not None else amp_dtype(cfg.precision))
 
 
-def build_model_for(cfg: DictConfig, data, device):
+def build_model_for(cfg: DictConfig, data, device, channels_last=None):
     from advrw.models import build_model
 
     norm = (data.mean, data.std) if cfg.dataset.get("normalize") else (None, None)
     model = build_model(cfg.model.name, data.num_classes, in_channels=data.channels, image_size=data.image_size,
                         mean=norm[0], std=norm[1]).to(device)
-    if cfg.channels_last:
+    if cfg.channels_last if channels_last is None else channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -145,15 +146,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if resumed is None and (run_dir / "last.pt").exists():
         raise AdvrwError(f"{run_dir} already holds a run (last.pt): pass resume={run_dir} or choose a new dir")
     device = resolve_device(cfg.device)
+    runtime = hardware.resolve_runtime(cfg, device)  # precision/channels_last=auto, compile; warns before work
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     data = build_data(cfg.dataset, device)
     n_eval = cfg.eval.n_eval or len(data.test_y)
     if n_eval > len(data.test_y):
         raise AdvrwError(f"eval.n_eval={n_eval} is larger than the test set ({len(data.test_y)} examples)")
-    model = build_model_for(cfg, data, device)
+    model = build_model_for(cfg, data, device, runtime.channels_last)
+    step_model = hardware.compile_model(model, runtime)  # checkpoints keep saving the eager `model`
     s = cfg.schedule
     opt, sched = optimizer_and_scheduler(model, s)
-    spec = step_spec(cfg)
+    spec = step_spec(cfg, runtime)
     gen = torch.Generator(device=device)
     gen.manual_seed(int(cfg.seed))
     start_epoch, best_robust, history_class_sums = 0, -1.0, []
@@ -174,7 +177,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         choices = {**resumed.get("choices", {}), **{k: v for k, v in choices.items() if k in RESUME_MUTABLE}}
     info = {"seed": int(cfg.seed), "git_commit": git_commit(), "command": " ".join(sys.argv),
             "choices": choices, "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "resumed_from": resumed and resumed["path"], "start_epoch": start_epoch}
+            "device": str(device), "resumed_from": resumed and resumed["path"], "start_epoch": start_epoch,
+            "runtime": runtime.record()}
     write_json(run_dir / "run_info.json", info)
     logger_cfg = dict(config["logger"])
     logger_cfg["dir"] = logger_cfg.get("dir") or str(run_dir)
@@ -201,9 +205,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{s.epochs}{' (burn-in)' if burn_in else ''}",
                    disable=not cfg.progress, leave=False)
         for i, (x, y) in enumerate(bar):
-            if cfg.channels_last:
+            if runtime.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = train_step(model, opt, x, y, spec, burn_in=burn_in, generator=gen)
+            out = train_step(step_model, opt, x, y, spec, burn_in=burn_in, generator=gen)
             sums["loss"] += out["loss"] * len(y)
             sums["correct_adv"] += out["correct_adv"]
             class_w.index_add_(0, y, out["w"])
@@ -221,6 +225,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                   "w_mean": w_all.mean().item(), "w_std": w_all.std().item() if len(w_all) > 1 else 0.0,
                   "w_min": w_all.min().item(), "w_max": w_all.max().item(),
                   "epoch_time_s": time.time() - t0, "images_per_s": seen / (time.time() - t0)}
+        if runtime.compile and epoch == start_epoch:
+            hardware.report_compile(info, run_dir / "run_info.json", record["epoch_time_s"])
         history_class_sums.append(class_w.tolist())
         record["class_weight_sum"] = class_w.tolist()
         if not math.isfinite(record["train_loss"]):
@@ -254,12 +260,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                                          run_dir / "class_weight_sums.png")
         except Exception as err:
             log.warning("class weight figure failed: %s", err)
-    results = final_eval(cfg, model, data, run_dir, runlog, n_eval)
+    results = final_eval(cfg, model, data, run_dir, runlog, n_eval, runtime=info["runtime"])
     runlog.finish()
     return results
 
 
-def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, n_eval: int) -> dict:
+def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, n_eval: int, runtime: dict | None = None) -> dict:
     """The evaluation suite on the test set with the configured checkpoint (last or best)."""
     from advrw.report import write_report
     from advrw.suite import run_suite
@@ -275,6 +281,9 @@ def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, n_eval: int) -> 
                                 "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test",
                                 "defense": cfg.defense.name, "weighting": cfg.weighting.name,
                                 "eval": cfg.eval.name, "train_seed": int(cfg.seed)})
+    if runtime is not None:  # eval itself runs fp32 and eager on this machine; training's settings as resolved
+        results["protocol"].update({"runtime": hardware.eval_runtime(x.device, runtime["channels_last"]),
+                                    "train_runtime": runtime})
     write_report(run_dir, results, arrays, data.classes, runlog, plots=bool(cfg.eval.plots))
     return results
 
