@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from advrw import checkpoint as ckpt_io
 from advrw import hardware
-from advrw.config import (amp_dtype, check_writable, git_commit, resolve_device, seed_everything,
+from advrw.config import (check_writable, git_commit, resolve_device, seed_everything,
                           validate_train)
 from advrw.cli import CONF_DIR
 from advrw.errors import AdvrwError
@@ -49,7 +49,7 @@ def step_spec(cfg: DictConfig, runtime=None) -> StepSpec:
         scheme=w["name"], scheme_hparams=hp, detach=bool(w["detach"]), combine=w["combine"],
         eps=float(cfg.attack.eps), step=float(cfg.attack.step), steps=int(cfg.attack.steps), init=cfg.attack.init,
         bn_mode=cfg.attack.bn_mode, attack_loss=cfg.attack.get("loss", "auto"), weighted_attack=bool(cfg.attack.weighted), attack_alpha=float(cfg.attack.alpha),
-        amp_dtype=runtime.amp_dtype if runtime is not None else amp_dtype(cfg.precision))
+        amp_dtype=(runtime or hardware.resolve_runtime(cfg, resolve_device(cfg.device), warn=False)).amp_dtype)
 
 
 def build_model_for(cfg: DictConfig, data, device, channels_last=None):
@@ -58,7 +58,9 @@ def build_model_for(cfg: DictConfig, data, device, channels_last=None):
     norm = (data.mean, data.std) if cfg.dataset.get("normalize") else (None, None)
     model = build_model(cfg.model.name, data.num_classes, in_channels=data.channels, image_size=data.image_size,
                         mean=norm[0], std=norm[1]).to(device)
-    if cfg.channels_last if channels_last is None else channels_last:
+    if channels_last is None:  # callers without a resolved runtime (tests, notebooks)
+        channels_last = hardware.resolve_runtime(cfg, device, warn=False).channels_last
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
