@@ -305,9 +305,12 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--batch", type=int, help="override every training case's batch size")
     ap.add_argument("--n-eval", type=int, help="images for the evaluation cases (default 128, quick 32)")
+    ap.add_argument("--threads", type=int, help="torch threads (on a shared box 1 avoids oversubscription)")
     ap.add_argument("--json", help="append every row (with the capability) to this JSON-lines file")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     variants = ["auto", *ALL_VARIANTS] if args.variants == "all" else args.variants.split(",")
     if args.no_compile:
         variants = [v for v in variants if "compile" not in v]
