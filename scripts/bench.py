@@ -271,8 +271,8 @@ def autoattack(ctx):
     eps = 8 / 255
 
     def direct():
-        adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", verbose=False)
-        adversary.run_standard_evaluation(x, y, bs=n)
+        adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=ctx.device, seed=0)
+        adversary.run_standard_evaluation(x, y, batch_size=n)
 
     _, t_ref = timed(direct, 0, 1, ctx.device)
     reset_peak(ctx.device)
