@@ -323,10 +323,10 @@ def main(argv=None):
     for v in variants:
         parse_variant(v, ctx)  # fail on a typo before any timing
     print(describe(ctx.capability, device), flush=True)
-    print(f"{'case':<52} {'variant':<34} {'img/s':>8} {'ratio':>7} {'compile s':>9} {'peak MiB':>8}", flush=True)
+    print(f"{'case':<62} {'variant':<34} {'img/s':>8} {'ratio':>7} {'compile s':>9} {'peak MiB':>8}", flush=True)
     for c in cases:
         for row in CASES[c](ctx):
-            print(f"{row['case']:<52} {row['variant']:<34} {row['img_s']:>8.1f} {row['ratio']:>6.2f}x "
+            print(f"{row['case']:<62} {row['variant']:<34} {row['img_s']:>8.1f} {row['ratio']:>6.2f}x "
                   f"{'' if row.get('compile_s') is None else format(row['compile_s'], '.1f'):>9} "
                   f"{'' if row.get('peak_mib') is None else format(row['peak_mib'], '.0f'):>8}", flush=True)
             if args.json:
