@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from advrw import bestlast
 from advrw import checkpoint as ckpt_io
+from advrw import hardware
 from advrw.config import git_commit, resolve_device, seed_everything, validate_eval
 from advrw.cli import CONF_DIR, remove_stray_run_dir
 from advrw.errors import AdvrwError
@@ -90,7 +91,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     kind = path.stem if path.stem in ("best", "last") else "state_dict" if not is_advrw else "checkpoint"
     config = OmegaConf.to_container(cfg, resolve=True)
     info = {"git_commit": git_commit(), "command": " ".join(sys.argv), "checkpoint": str(path),
-            "checkpoint_kind": kind, "epoch": obj.get("epoch") if is_advrw else None}
+            "checkpoint_kind": kind, "epoch": obj.get("epoch") if is_advrw else None,
+            "runtime": hardware.eval_runtime(device)}
     write_json(run_dir / "run_info.json", info)
     from advrw.campaign import eval_logger_settings  # job_type=eval in the training run's W&B group
 
@@ -111,12 +113,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         results["protocol"].update({"checkpoint": bestlast.protocol(kind, path, obj) if is_advrw else
                                     {"path": str(path), "kind": kind, "epoch": info["epoch"]},
                                     "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test",
-                                    "eval": cfg.eval.name, "subsets": {**data.subsets, "eval": picked}})
+                                    "eval": cfg.eval.name, "subsets": {**data.subsets, "eval": picked},
+                                    "runtime": info["runtime"]})
         if is_advrw:
             tc = obj["config"]
             results["protocol"].update({"defense": tc["defense"]["name"], "weighting": tc["weighting"]["name"],
                                         "train_seed": tc.get("seed"),
-                                        "minimizer": tc.get("minimizer", {}).get("name", "sgd")})
+                                        "minimizer": tc.get("minimizer", {}).get("name", "sgd"),
+                                        "train_runtime": (obj.get("run_info") or {}).get("runtime")})
         scored[kind] = results
     results = bestlast.merge(scored)
     write_report(run_dir, results, arrays, data.classes, runlog, plots=bool(cfg.eval.plots))

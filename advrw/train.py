@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from advrw import checkpoint as ckpt_io
-from advrw.config import (amp_dtype, check_writable, git_commit, resolve_device, seed_everything,
+from advrw import hardware
+from advrw.config import (check_writable, git_commit, resolve_device, seed_everything,
                           validate_train)
 from advrw.cli import CONF_DIR, remove_stray_run_dir
 from advrw.errors import AdvrwError
@@ -36,7 +37,7 @@ RESUME_MUTABLE = INVOCATION_KEYS + ("schedule.epochs", "logger", "eval", "datase
                                     "dataset.cache_dir")
 
 
-def step_spec(cfg: DictConfig) -> StepSpec:
+def step_spec(cfg: DictConfig, runtime=None) -> StepSpec:
     from advrw.awp import spec_fields as awp_spec_fields
     from advrw.weighting import scheme_hparams
 
@@ -49,16 +50,19 @@ def step_spec(cfg: DictConfig) -> StepSpec:
         scheme=w["name"], scheme_hparams=hp, detach=bool(w["detach"]), combine=w["combine"],
         eps=float(cfg.attack.eps), step=float(cfg.attack.step), steps=int(cfg.attack.steps), init=cfg.attack.init,
         bn_mode=cfg.attack.bn_mode, attack_loss=cfg.attack.get("loss", "auto"), weighted_attack=bool(cfg.attack.weighted), attack_alpha=float(cfg.attack.alpha),
-        amp_dtype=amp_dtype(cfg.precision), **fat_spec_kwargs(cfg.attack), **awp_spec_fields(cfg))
+        amp_dtype=(runtime or hardware.resolve_runtime(cfg, resolve_device(cfg.device), warn=False)).amp_dtype,
+        **fat_spec_kwargs(cfg.attack), **awp_spec_fields(cfg))
 
 
-def build_model_for(cfg: DictConfig, data, device):
+def build_model_for(cfg: DictConfig, data, device, channels_last=None):
     from advrw.models import build_model
 
     norm = (data.mean, data.std) if cfg.dataset.get("normalize") else (None, None)
     model = build_model(cfg.model.name, data.num_classes, in_channels=data.channels, image_size=data.image_size,
                         mean=norm[0], std=norm[1]).to(device)
-    if cfg.channels_last:
+    if channels_last is None:  # callers without a resolved runtime (tests, notebooks)
+        channels_last = hardware.resolve_runtime(cfg, device, warn=False).channels_last
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -140,13 +144,15 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
     if done is not None:
         return done
     device = resolve_device(cfg.device)
+    runtime = hardware.resolve_runtime(cfg, device)  # precision/channels_last=auto, compile; warns before work
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     data = build_data(cfg.dataset, device)
     eval_subset = subsets.eval_subset(data.test_y, cfg.eval)  # checked now, not after training
-    model = build_model_for(cfg, data, device)
+    model = build_model_for(cfg, data, device, runtime.channels_last)
+    step_model = hardware.compile_model(model, runtime)  # checkpoints keep saving the eager `model`
     s = cfg.schedule
     opt, sched = optimizer_and_scheduler(model, s)
-    spec = step_spec(cfg)
+    spec = step_spec(cfg, runtime)
     gen = torch.Generator(device=device)
     gen.manual_seed(int(cfg.seed))
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -156,7 +162,8 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
         choices = {**resumed.get("choices", {}), **{k: v for k, v in choices.items() if k in RESUME_MUTABLE}}
     info = {"seed": int(cfg.seed), "git_commit": git_commit(), "command": " ".join(sys.argv),
             "choices": choices, "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "resumed_from": resumed and resumed["path"], "start_epoch": state.start_epoch}
+            "device": str(device), "resumed_from": resumed and resumed["path"], "start_epoch": state.start_epoch,
+            "runtime": runtime.record()}
     state.attach(model, opt, sched, gen, data, config=config, choices=choices, info=info, spec=spec)
     write_json(run_dir / "run_info.json", info)
     from advrw.campaign import hydra_swept, logger_settings  # W&B name/group/job_type; a resume continues its run
@@ -178,9 +185,9 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
         bar = tqdm(batches.batches(order, first), desc=f"epoch {epoch + 1}/{s.epochs}{' (burn-in)' if burn_in else ''}",
                    disable=not cfg.progress, leave=False, initial=first, total=len(batches))
         for i, (x, y) in enumerate(bar, start=first):
-            if cfg.channels_last:
+            if runtime.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = train_step(model, opt, x, y, spec.at_epoch(epoch), burn_in=burn_in, generator=gen, epoch=epoch)
+            out = train_step(step_model, opt, x, y, spec.at_epoch(epoch), burn_in=burn_in, generator=gen, epoch=epoch)
             sums.add(out, y)
             sync = bool(cfg.progress and i % 20 == 0)  # the only host sync inside the epoch
             if sync:
@@ -192,6 +199,8 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
         lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with
         sched.step()
         record = sums.record(epoch, lr, burn_in)
+        if runtime.compile and epoch == state.start_epoch:
+            hardware.report_compile(info, run_dir / "run_info.json", record["epoch_time_s"])
         state.class_sums.append(record["class_weight_sum"])
         if len(data.val_y):
             record.update(validate_epoch(model, data, cfg, int(s.eval_batch_size)))
@@ -222,12 +231,12 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
                                          run_dir / "class_weight_sums.png")
         except Exception as err:
             log.warning("class weight figure failed: %s", err)
-    results = final_eval(cfg, model, data, run_dir, runlog, eval_subset)
+    results = final_eval(cfg, model, data, run_dir, runlog, eval_subset, runtime=info["runtime"])
     runlog.finish()
     return results
 
 
-def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, subset: tuple) -> dict:
+def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, subset: tuple, runtime: dict | None = None) -> dict:
     """The evaluation suite on the test set with the configured checkpoint (last, best or both)."""
     from advrw import bestlast
     from advrw.awp import spec_fields as awp_spec_fields
@@ -248,6 +257,9 @@ def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, subset: tuple) -
                                     "defense": cfg.defense.name, "weighting": cfg.weighting.name,
                                     "eval": cfg.eval.name, "train_seed": int(cfg.seed),
                                     "minimizer": awp_spec_fields(cfg), "subsets": {**data.subsets, "eval": picked}})
+        if runtime is not None:  # eval itself runs fp32 and eager on this machine; training's settings as resolved
+            results["protocol"].update({"runtime": hardware.eval_runtime(x.device, runtime["channels_last"]),
+                                        "train_runtime": runtime})
         scored[kind] = results
     results = bestlast.merge(scored)  # figures and W&B tables: the last scored (last with both)
     write_report(run_dir, results, arrays, data.classes, runlog, plots=bool(cfg.eval.plots))

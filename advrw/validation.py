@@ -29,9 +29,10 @@ from advrw.attacks.pgd import BN_MODES, INITS, check_budget
 from advrw.awp import validate_minimizer
 from advrw.bestlast import validate_checkpoint_choice
 from advrw.data.mixed import validate_extra
-from advrw.config import amp_dtype, as_list, resolve_device
+from advrw.config import as_list, resolve_device
 from advrw.data.subsets import RULES as SUBSET_RULES
 from advrw.errors import AdvrwError
+from advrw.hardware import validate_runtime
 from advrw.suite import ATTACK_KINDS, selected_attacks
 
 CHECKPOINT_CHOICES = ("last", "best", "both")  # eval.checkpoint (both: advrw/bestlast.py)
@@ -138,7 +139,6 @@ def check(cfg: DictConfig, rules, prefix: str = "") -> None:
 TRAIN_RULES = [
     ("seed", integer(ge=0)),
     ("deterministic", boolean()),
-    ("channels_last", boolean()),
     ("progress", boolean()),
     ("checkpoint_every", integer(ge=1)),
     ("stop_after", integer(ge=1, null=True)),
@@ -339,7 +339,7 @@ def validate_train(cfg: DictConfig) -> None:
         raise AdvrwError(f"eval.n_eval={n_eval} is invalid: must be <= dataset.n_test ({n_test}), the test set's size")
     check(cfg, [("logger.name", choice("wandb", "none"))])
     validate_checkpoint_choice(cfg)  # best / both need a validation split
-    amp_dtype(cfg.precision)
+    validate_runtime(cfg)  # precision, channels_last, compile (advrw.hardware)
     resolve_device(cfg.device)
     validate_minimizer(cfg)
     validate_extra(cfg)

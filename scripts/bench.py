@@ -1,34 +1,115 @@
-"""Training-step and evaluation throughput: advrw vs a loop written like the papers' code.
+"""Throughput of advrw's runtime variants against a loop written like the papers' code, per machine.
 
-    python scripts/bench.py                       # both default cases, fp32 and the fast path
-    python scripts/bench.py --case preact --steps 5 --precision bf16 --channels-last
+    python scripts/bench.py --quick                 # every case and variant, a few steps (minutes)
+    python scripts/bench.py                          # the measurement (longer)
+    python scripts/bench.py --cases preact --variants fp32,bf16,bf16+cl --steps 8
 
-The reference loop does what the authors' public scripts do: a host-side batch moved to the
-device every step, PGD in eval mode, fp32 everywhere, a ``.item()`` per step for logging. advrw
-runs its own ``train_step`` on device-resident uint8 data with batched augmentation, optionally
-under bf16 autocast and channels_last. Same model, batch, attack and data, in one process;
-the ratio is advrw images/s over reference images/s. Not a test: speed depends on the machine.
+It prints this machine's capability first (what ``precision=auto``/``channels_last=auto``
+resolve from, ``advrw.hardware``), then one row per (case, variant): the reference loop's and
+advrw's images/s and their ratio. Variants are ``fp32``/``bf16`` with optional ``+cl``
+(channels_last) and ``+compile`` (torch.compile; its compile time is shown apart from the timed
+steps). ``auto`` is the variant ``precision=auto channels_last=auto`` resolves to here.
+
+The reference training step does what the authors' scripts do: the batch moved from the host
+every step, PGD in eval mode, fp32, a ``.item()`` per step. The reference evaluation is their
+PGD-20 loop (eval mode, fp32, host batches); the AutoAttack reference is the library called
+directly as their eval scripts do. Models are untrained; for the evaluation cases labels are the
+model's own predictions so every example is attacked (nothing is skipped as already wrong).
+
+Add a case: write ``def my_case(ctx) -> list[dict]`` and decorate it with ``@case("name")``;
+use ``train_rows``/``timed`` and the ``Ctx`` settings. Not a test: speed depends on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a fresh clone without an install
 
-from advrw.data import DeviceBatches
-from advrw.models import build_model
-from advrw.step import StepSpec, train_step
-from advrw.suite import white_box
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
-CASES = {
-    # name: (model, channels, size, eps, step, steps, batch)
-    "preact": ("preact_resnet18", 3, 32, 8 / 255, 2 / 255, 10, 128),
-    "smallcnn": ("smallcnn", 1, 28, 0.3, 0.01, 40, 128),
-}
+from advrw import hardware  # noqa: E402
+from advrw.data import DeviceBatches  # noqa: E402
+from advrw.models import build_model  # noqa: E402
+from advrw.step import StepSpec, train_step  # noqa: E402
+from advrw.suite import white_box  # noqa: E402
+
+CASES: dict = {}
+ALL_VARIANTS = ("fp32", "bf16", "fp32+cl", "bf16+cl", "fp32+compile", "bf16+compile", "fp32+cl+compile",
+                "bf16+cl+compile")
+
+
+def case(name):
+    def register(fn):
+        CASES[name] = fn
+        return fn
+    return register
+
+
+@dataclass
+class Ctx:
+    device: torch.device
+    variants: list
+    steps: int
+    warmup: int
+    batch: int | None  # None: the case's own batch size
+    n_eval: int
+    quick: bool
+    capability: hardware.Capability = field(default=None)
+
+
+def parse_variant(v: str, ctx: Ctx) -> hardware.Runtime:
+    parts = v.split("+")
+    prec = parts[0]
+    if prec == "auto":
+        return None  # resolved per case (depends on the model family)
+    if prec not in ("fp32", "bf16") or not set(parts[1:]) <= {"cl", "compile"}:
+        raise SystemExit(f"bench: variant {v!r} is invalid: fp32|bf16|auto with optional +cl, +compile")
+    return hardware.Runtime(prec, "cl" in parts, "compile" in parts, ctx.capability)
+
+
+def runtime_for(v: str, ctx: Ctx, model_name: str) -> hardware.Runtime:
+    rt = parse_variant(v, ctx)
+    if rt is None:
+        rt = hardware.resolve_runtime({"precision": "auto", "channels_last": "auto", "compile": False,
+                                       "model": {"name": model_name}}, ctx.device, probe_fn=lambda d: ctx.capability)
+    return rt
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, n_warmup, n_steps, device) -> tuple[float, float]:
+    """(seconds of the warm-up calls, seconds of the timed calls)."""
+    t0 = time.perf_counter()
+    for _ in range(n_warmup):
+        fn()
+    sync(device)
+    t1 = time.perf_counter()
+    for _ in range(n_steps):
+        fn()
+    sync(device)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def peak_mib(device):
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def reference_step(model, opt, x_host, y_host, device, eps, step, steps):
@@ -51,96 +132,207 @@ def reference_step(model, opt, x_host, y_host, device, eps, step, steps):
     return loss.item()  # the per-step sync their progress printing does
 
 
-def timed(fn, n_warmup, n_steps, device):
-    for _ in range(n_warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n_steps):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+def reference_pgd20(model, x_host, y_host, device, eps, batch):
+    """The papers' eval loop: eval mode, fp32, uniform start, host batches, PGD-20 step eps/10."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(x_host), batch):
+        x, y = x_host[i:i + batch].to(device), y_host[i:i + batch].to(device)
+        x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+        for _ in range(20):
+            x_adv.requires_grad_()
+            with torch.enable_grad():
+                loss = F.cross_entropy(model(x_adv), y)
+            grad = torch.autograd.grad(loss, [x_adv])[0]
+            x_adv = torch.min(torch.max(x_adv.detach() + eps / 10 * grad.sign(), x - eps), x + eps).clamp(0, 1)
+        with torch.no_grad():
+            correct += (model(x_adv).argmax(1) == y).sum().item()
+    return correct
 
 
-def bench_case(name, device, steps, warmup, precision, channels_last, eval_too):
-    model_name, c, size, eps, step, k, batch = CASES[name]
+def data(n, c, size, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x_u8 = torch.randint(0, 256, (n, c, size, size), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return x_u8, y
+
+
+def train_rows(ctx: Ctx, name, model_name, c, size, eps, step, k, batch) -> list[dict]:
+    """Reference AT step once, then advrw's train_step under every variant, same model/data/attack."""
+    batch = ctx.batch or batch
     torch.manual_seed(0)
-    n = batch * 4
-    x_u8 = torch.randint(0, 256, (n, c, size, size), dtype=torch.uint8)
-    y = torch.randint(0, 10, (n,))
+    x_u8, y = data(batch * 4, c, size, ctx.device)
     x_host = x_u8.float().div(255)
-    ref_model = build_model(model_name, 10, in_channels=c, image_size=size).to(device)
-    fast_model = build_model(model_name, 10, in_channels=c, image_size=size).to(device)
-    fast_model.load_state_dict(ref_model.state_dict())
-    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.01, momentum=0.9)
-    fast_opt = torch.optim.SGD(fast_model.parameters(), lr=0.01, momentum=0.9)
-    if channels_last:
-        fast_model = fast_model.to(memory_format=torch.channels_last)
-    spec = StepSpec(defense="at", eps=eps, step=step, steps=k, init="normal",
-                    amp_dtype=torch.bfloat16 if precision == "bf16" else None)
-    batches = DeviceBatches(x_u8.to(device), y.to(device), batch, shuffle=True, augment=(c == 3))
-    it = iter(batches)
+    init = build_model(model_name, 10, in_channels=c, image_size=size).state_dict()
 
-    def fast():
-        nonlocal it
-        try:
-            xb, yb = next(it)
-        except StopIteration:
-            it = iter(batches)
-            xb, yb = next(it)
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        train_step(fast_model, fast_opt, xb, yb, spec)
+    def fresh():
+        m = build_model(model_name, 10, in_channels=c, image_size=size)
+        m.load_state_dict(init)
+        m = m.to(ctx.device)
+        return m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
 
+    ref_model, ref_opt = fresh()
     i = [0]
 
     def ref():
         j = i[0] % 4
         i[0] += 1
         reference_step(ref_model, ref_opt, x_host[j * batch:(j + 1) * batch], y[j * batch:(j + 1) * batch],
-                       device, eps, step, k)
+                       ctx.device, eps, step, k)
 
-    t_ref = timed(ref, warmup, steps, device)
-    t_fast = timed(fast, warmup, steps, device)
-    row = {"case": name, "model": model_name, "batch": batch, "pgd_steps": k, "device": str(device),
-           "precision": precision, "channels_last": channels_last,
-           "reference_img_s": steps * batch / t_ref, "advrw_img_s": steps * batch / t_fast}
-    row["speedup"] = row["advrw_img_s"] / row["reference_img_s"]
-    if eval_too:
-        xe, ye = x_host[:batch].to(device), y[:batch].to(device)
-        spec20 = {"kind": "pgd", "objective": "ce", "steps": 20, "step": eps / 10, "restarts": 1, "init": "uniform"}
-        t_eval = timed(lambda: white_box(fast_model, xe, ye, spec20, eps, batch_size=batch, seed=0, progress=False),
-                       1, max(1, steps // 2), device)
-        row["eval_pgd20_img_s"] = max(1, steps // 2) * batch / t_eval
-    return row
+    reset_peak(ctx.device)
+    _, t_ref = timed(ref, ctx.warmup, ctx.steps, ctx.device)
+    ref_ips = ctx.steps * batch / t_ref
+    rows = [{"case": name, "variant": "reference (authors' loop, fp32)", "img_s": ref_ips, "ratio": 1.0,
+             "peak_mib": peak_mib(ctx.device)}]
+    batches = DeviceBatches(x_u8.to(ctx.device), y.to(ctx.device), batch, shuffle=True, augment=(c == 3),
+                            generator=torch.Generator(device=ctx.device).manual_seed(0))
+    for v in ctx.variants:
+        rt = runtime_for(v, ctx, model_name)
+        model, opt = fresh()
+        if rt.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        step_model = hardware.compile_model(model, rt)
+        spec = StepSpec(defense="at", eps=eps, step=step, steps=k, init="normal", amp_dtype=rt.amp_dtype)
+        it = iter(batches)
+
+        def fast():
+            nonlocal it
+            try:
+                xb, yb = next(it)
+            except StopIteration:
+                it = iter(batches)
+                xb, yb = next(it)
+            if rt.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            train_step(step_model, opt, xb, yb, spec)
+
+        reset_peak(ctx.device)
+        # compiled variants get one extra warm-up step: the first compiles eval- and train-mode graphs
+        t_warm, t = timed(fast, ctx.warmup + rt.compile, ctx.steps, ctx.device)
+        label = v if not v.startswith("auto") else f"auto ({rt.precision}{'+cl' if rt.channels_last else ''})"
+        ips = ctx.steps * batch / t
+        rows.append({"case": name, "variant": label, "img_s": ips, "ratio": ips / ref_ips,
+                     "compile_s": t_warm if rt.compile else None, "peak_mib": peak_mib(ctx.device)})
+    return rows
 
 
-def main():
+@case("preact")
+def preact_pgd10(ctx):
+    """PreActResNet-18, 3x32x32, AT with PGD-10 (eps 8/255, step 2/255), batch 128."""
+    return train_rows(ctx, "PreActResNet-18 PGD-10 train", "preact_resnet18", 3, 32, 8 / 255, 2 / 255, 10,
+                      32 if ctx.quick else 128)
+
+
+@case("smallcnn")
+def smallcnn_pgd40(ctx):
+    """SmallCNN, 1x28x28, AT with PGD-40 (PGD-10 with --quick; eps 0.3, step 0.01), batch 128 (Zeng's MNIST setup)."""
+    k = 10 if ctx.quick else 40
+    return train_rows(ctx, f"SmallCNN PGD-{k} train", "smallcnn", 1, 28, 0.3, 0.01, k,
+                      32 if ctx.quick else 128)
+
+
+def _eval_model(ctx, model_name="preact_resnet18", c=3, size=32):
+    torch.manual_seed(0)
+    model = build_model(model_name, 10, in_channels=c, image_size=size).to(ctx.device).eval()
+    x_u8, _ = data(ctx.n_eval, c, size, ctx.device, seed=1)
+    x = x_u8.float().div(255)
+    with torch.no_grad():  # labels = the model's predictions: every example is attacked
+        y = model(x.to(ctx.device)).argmax(1).cpu()
+    return model, x, y
+
+
+@case("eval_pgd20")
+def eval_pgd20(ctx):
+    """advrw's PGD-20 evaluation (fp32, eval mode) vs the papers' loop, PreActResNet-18, n_eval images."""
+    model, x, y = _eval_model(ctx)
+    eps, n, bs = 8 / 255, len(x), min(128, len(x))
+    reset_peak(ctx.device)
+    _, t_ref = timed(lambda: reference_pgd20(model, x, y, ctx.device, eps, bs), 0, 1, ctx.device)
+    xd, yd = x.to(ctx.device), y.to(ctx.device)
+    spec = {"kind": "pgd", "objective": "ce", "steps": 20, "step": eps / 10, "restarts": 1, "init": "uniform"}
+    _, t = timed(lambda: white_box(model, xd, yd, spec, eps, batch_size=bs, seed=0, progress=False), 0, 1, ctx.device)
+    return [{"case": f"PreActResNet-18 eval PGD-20 (n={n})", "variant": "reference (authors' loop, fp32)",
+             "img_s": n / t_ref, "ratio": 1.0},
+            {"case": f"PreActResNet-18 eval PGD-20 (n={n})", "variant": "advrw (fp32)", "img_s": n / t,
+             "ratio": t_ref / t, "peak_mib": peak_mib(ctx.device)}]
+
+
+@case("autoattack")
+def autoattack(ctx):
+    """AutoAttack standard (pyautoattack) on n_eval images: advrw's adapter vs the library called directly."""
+    from pyautoattack import AutoAttack
+
+    from advrw.attacks import external
+
+    model, x, y = _eval_model(ctx)
+    n = min(len(x), 16 if ctx.quick else len(x))
+    x, y = x[:n].to(ctx.device), y[:n].to(ctx.device)
+    eps = 8 / 255
+
+    def direct():
+        adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=ctx.device, seed=0)
+        adversary.run_standard_evaluation(x, y, batch_size=n)
+
+    _, t_ref = timed(direct, 0, 1, ctx.device)
+    reset_peak(ctx.device)
+    _, t = timed(lambda: external.run_autoattack(model, x, y, eps=eps, batch_size=n), 0, 1, ctx.device)
+    label = f"PreActResNet-18 AutoAttack standard (n={n}, untrained model)"
+    return [{"case": label, "variant": "library called directly", "img_s": n / t_ref, "ratio": 1.0},
+            {"case": label, "variant": "advrw adapter", "img_s": n / t, "ratio": t_ref / t,
+             "peak_mib": peak_mib(ctx.device)}]
+
+
+def describe(cap: hardware.Capability, device) -> str:
+    load = f", load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores" if hasattr(os, "getloadavg") else ""
+    s = (f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads{load}\n"
+         f"CPU: {cap.cpu_model or '?'}; capability {cap.cpu_capability}; bf16 flags: "
+         f"{', '.join(cap.cpu_flags) or 'none'}")
+    if cap.device_type == "cuda":
+        s += f"\nGPU: {cap.gpu_name}; bf16 {cap.cuda_bf16}; TF32 matmul {cap.tf32_matmul}, cuDNN {cap.tf32_cudnn}"
+    s += f"\nnative bf16: {cap.native_bf16} -> precision=auto resolves to {'bf16' if cap.native_bf16 else 'fp32'}"
+    return s
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--case", choices=[*CASES, "all"], default="all")
+    ap.add_argument("--cases", default="all", help=f"comma list of {', '.join(CASES)} (default all)")
+    ap.add_argument("--variants", default="all", help=f"comma list, default: auto and {', '.join(ALL_VARIANTS)}")
+    ap.add_argument("--no-compile", action="store_true", help="skip the +compile variants (they compile first)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="batch 32, 2 timed steps, PGD-10 for SmallCNN, n_eval 16")
+    ap.add_argument("--steps", type=int, help="timed steps per variant (default 5, quick 2)")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
-    ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--no-eval", action="store_true")
-    ap.add_argument("--json", help="append rows to this JSON-lines file")
-    args = ap.parse_args()
+    ap.add_argument("--batch", type=int, help="override every training case's batch size")
+    ap.add_argument("--n-eval", type=int, help="images for the evaluation cases (default 128, quick 32)")
+    ap.add_argument("--threads", type=int, help="torch threads (on a shared box 1 avoids oversubscription)")
+    ap.add_argument("--json", help="append every row (with the capability) to this JSON-lines file")
+    args = ap.parse_args(argv)
     device = torch.device(args.device)
-    cases = list(CASES) if args.case == "all" else [args.case]
-    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
-    print(f"{'case':<9} {'precision':<9} {'ch_last':<7} {'reference img/s':>15} {'advrw img/s':>12} {'ratio':>6} {'eval PGD-20 img/s':>18}")
-    for case in cases:
-        for prec in precisions:
-            row = bench_case(case, device, args.steps, args.warmup, prec, args.channels_last, not args.no_eval)
-            print(f"{case:<9} {prec:<9} {str(args.channels_last):<7} {row['reference_img_s']:>15.1f} "
-                  f"{row['advrw_img_s']:>12.1f} {row['speedup']:>5.2f}x {row.get('eval_pgd20_img_s', float('nan')):>18.1f}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants = ["auto", *ALL_VARIANTS] if args.variants == "all" else args.variants.split(",")
+    if args.no_compile:
+        variants = [v for v in variants if "compile" not in v]
+    cases = list(CASES) if args.cases == "all" else args.cases.split(",")
+    for c in cases:
+        if c not in CASES:
+            raise SystemExit(f"bench: case {c!r} is unknown: choose from {', '.join(CASES)}")
+    ctx = Ctx(device, variants, args.steps or (2 if args.quick else 5), args.warmup, args.batch,
+              args.n_eval or (32 if args.quick else 128), args.quick, hardware.probe(device))
+    for v in variants:
+        parse_variant(v, ctx)  # fail on a typo before any timing
+    print(describe(ctx.capability, device), flush=True)
+    print(f"{'case':<62} {'variant':<34} {'img/s':>8} {'ratio':>7} {'compile s':>9} {'peak MiB':>8}", flush=True)
+    for c in cases:
+        for row in CASES[c](ctx):
+            print(f"{row['case']:<62} {row['variant']:<34} {row['img_s']:>8.1f} {row['ratio']:>6.2f}x "
+                  f"{'' if row.get('compile_s') is None else format(row['compile_s'], '.1f'):>9} "
+                  f"{'' if row.get('peak_mib') is None else format(row['peak_mib'], '.0f'):>8}", flush=True)
             if args.json:
                 with open(args.json, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                    f.write(json.dumps({**row, "capability": ctx.capability.record(), "device": str(device),
+                                        "steps": ctx.steps, "torch": torch.__version__}) + "\n")
 
 
 if __name__ == "__main__":
