@@ -206,7 +206,8 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
             fail(one_line(err))
         if any(o.startswith("+") for o in overrides):
             check_added_keys(config_name, overrides, compose(config_name=config_name, overrides=[]))
-        for job in jobs:
+        composed = []
+        for job in jobs:  # every job's values first, then the files they name (a typo beats a download)
             try:
                 cfg = compose(config_name=config_name, overrides=job)
             except Exception as err:
@@ -216,6 +217,11 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
                     preflight(config_name, cfg)
                     cfg = resumed_view(cfg, job)
                 validate(cfg)
+            except AdvrwError as err:
+                fail(str(err) + (f"  [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
+            composed.append((job, cfg))
+        for job, cfg in composed:
+            try:
                 preflight(config_name, cfg)
             except AdvrwError as err:
                 fail(str(err) + (f"  [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))

@@ -232,6 +232,62 @@ def smallcnn_pgd40(ctx):
                       32 if ctx.quick else 128)
 
 
+# The training-side baselines of the papers' tables (issue 8), priced against plain AT in the same
+# process, same model, data, attack budget and runtime (the first --variants entry, default auto).
+BASELINES = {
+    "AT": {},
+    "FAT (tau 2)": {"tau": 2, "clamp_start": True},
+    "AT-AWP (gamma 0.01)": {"minimizer": "awp", "awp_gamma": 0.01},
+}
+
+
+def baseline_rows(ctx: Ctx, name, model_name, c, size, eps, step, k, batch) -> list[dict]:
+    batch = ctx.batch or batch
+    x_u8, y = data(batch * 4, c, size, ctx.device)
+    init = build_model(model_name, 10, in_channels=c, image_size=size).state_dict()
+    rt = runtime_for(ctx.variants[0], ctx, model_name)
+    batches = DeviceBatches(x_u8.to(ctx.device), y.to(ctx.device), batch, shuffle=True, augment=(c == 3),
+                            generator=torch.Generator(device=ctx.device).manual_seed(0))
+    rows, base = [], None
+    for label, fields in BASELINES.items():
+        torch.manual_seed(0)
+        model = build_model(model_name, 10, in_channels=c, image_size=size)
+        model.load_state_dict(init)
+        model = model.to(ctx.device, memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        spec = StepSpec(defense="at", eps=eps, step=step, steps=k, init="uniform", amp_dtype=rt.amp_dtype, **fields)
+        it = iter(batches)
+
+        def one():
+            nonlocal it
+            try:
+                xb, yb = next(it)
+            except StopIteration:
+                it = iter(batches)
+                xb, yb = next(it)
+            if rt.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            train_step(model, opt, xb, yb, spec, epoch=0)
+
+        reset_peak(ctx.device)
+        _, t = timed(one, ctx.warmup, ctx.steps, ctx.device)
+        ips = ctx.steps * batch / t
+        base = base or ips
+        rows.append({"case": name, "variant": f"{label} [{rt.precision}{'+cl' if rt.channels_last else ''}]",
+                     "img_s": ips, "ratio": ips / base, "peak_mib": peak_mib(ctx.device)})
+    return rows
+
+
+@case("baselines")
+def baselines(ctx):
+    """FAT and AT-AWP per step relative to plain AT (ratio < 1: slower), PreActResNet-18 PGD-10 and SmallCNN."""
+    rows = baseline_rows(ctx, "PreActResNet-18 PGD-10: FAT/AWP vs AT", "preact_resnet18", 3, 32, 8 / 255, 2 / 255,
+                         10, 32 if ctx.quick else 128)
+    k = 10 if ctx.quick else 40
+    return rows + baseline_rows(ctx, f"SmallCNN PGD-{k}: FAT/AWP vs AT", "smallcnn", 1, 28, 0.3, 0.01, k,
+                                32 if ctx.quick else 128)
+
+
 def _eval_model(ctx, model_name="preact_resnet18", c=3, size=32):
     torch.manual_seed(0)
     model = build_model(model_name, 10, in_channels=c, image_size=size).to(ctx.device).eval()

@@ -16,7 +16,9 @@ CIFAR_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 def cli(module: str, *args: str, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m advrw.<module> args...`` with W&B disabled and a private data cache."""
-    full_env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0",
+    # One torch thread per child: tiny models gain nothing from two, and two busy-waiting threads
+    # on a 2-core box slow every CLI test several times over.
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0",
                 "ADVRW_CACHE": str(cwd / ".cache"), **(env or {})}
     return subprocess.run([sys.executable, "-m", f"advrw.{module}", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
@@ -25,6 +27,17 @@ def cli(module: str, *args: str, cwd: Path, timeout: int = 600, env: dict | None
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
     return proc
+
+
+def preset_jobs(*args: str) -> list[list[str]]:
+    """The jobs the precheck validates (and Hydra's sweeper launches) for ``advrw.train -m args``."""
+    from hydra import compose, initialize_config_dir
+
+    from advrw.cli import CONF_DIR, job_overrides, sweeper_params, with_sweeper_params
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        overrides = with_sweeper_params(sweeper_params(compose, "train", list(args)), list(args))
+    return job_overrides(overrides, True)
 
 
 def results(run_dir: Path) -> dict:

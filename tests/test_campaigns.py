@@ -16,20 +16,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from advrw.campaign import swept_overrides, wandb_identity
-from advrw.cli import CONF_DIR, job_overrides, precheck, sweeper_params, with_sweeper_params
+from advrw.cli import CONF_DIR, precheck
 from advrw.config import validate_train
-from conftest import cli, ok, results
+from conftest import preset_jobs, cli, ok, results
 
 # The smallest jobs that still train (one epoch, one batch) and evaluate.
 TINY = ["experiment=smoke", "dataset.n_train=64", "dataset.n_test=32", "dataset.val_size=0", "eval.plots=false",
         "schedule.epochs=1", "schedule.burn_in=0", "schedule.milestones=[1]"]
-
-
-def preset_jobs(*args: str) -> list[list[str]]:
-    """The jobs the precheck validates (and Hydra's sweeper launches) for ``-m args``."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        overrides = with_sweeper_params(sweeper_params(compose, "train", list(args)), list(args))
-    return job_overrides(overrides, True)
 
 
 @pytest.mark.parametrize("preset, extra, n", [
