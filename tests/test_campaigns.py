@@ -192,7 +192,20 @@ def test_zeng_alpha_sweep_report_and_figures(zeng_sweep):
 
 # ---- W&B: the default logger, offline, through both CLIs ----
 
-def wandb_records(run_dir: Path):
+def wandb_records(run_dir: Path, wait_s: float = 30.0):
+    """(run record, summary dict, config dict) of the offline run in ``run_dir``; W&B's service process
+    writes the log after ``finish()`` returns, so a busy machine gets a few seconds for it to land."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        run, summary, config = _read_wandb_log(run_dir)
+        if (run is not None and summary) or time.monotonic() > deadline:
+            return run, summary, config
+        time.sleep(0.5)
+
+
+def _read_wandb_log(run_dir: Path):
     """(run record, summary dict, config dict) of the offline run in ``run_dir`` (a LevelDB-style log)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
