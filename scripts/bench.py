@@ -157,6 +157,23 @@ def data(n, c, size, device, seed=0):
     return x_u8, y
 
 
+def cycling_steps(batches, rt: hardware.Runtime, step):
+    """A no-argument callable that runs ``step(x, y)`` on the next batch, cycling over the epoch."""
+    it = iter(batches)
+
+    def one():
+        nonlocal it
+        try:
+            xb, yb = next(it)
+        except StopIteration:
+            it = iter(batches)
+            xb, yb = next(it)
+        if rt.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        step(xb, yb)
+    return one
+
+
 def train_rows(ctx: Ctx, name, model_name, c, size, eps, step, k, batch) -> list[dict]:
     """Reference AT step once, then advrw's train_step under every variant, same model/data/attack."""
     batch = ctx.batch or batch
@@ -194,18 +211,7 @@ def train_rows(ctx: Ctx, name, model_name, c, size, eps, step, k, batch) -> list
             model = model.to(memory_format=torch.channels_last)
         step_model = hardware.compile_model(model, rt)
         spec = StepSpec(defense="at", eps=eps, step=step, steps=k, init="normal", amp_dtype=rt.amp_dtype)
-        it = iter(batches)
-
-        def fast():
-            nonlocal it
-            try:
-                xb, yb = next(it)
-            except StopIteration:
-                it = iter(batches)
-                xb, yb = next(it)
-            if rt.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            train_step(step_model, opt, xb, yb, spec)
+        fast = cycling_steps(batches, rt, lambda xb, yb: train_step(step_model, opt, xb, yb, spec))
 
         reset_peak(ctx.device)
         # compiled variants get one extra warm-up step: the first compiles eval- and train-mode graphs
@@ -256,18 +262,7 @@ def baseline_rows(ctx: Ctx, name, model_name, c, size, eps, step, k, batch) -> l
         model = model.to(ctx.device, memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         spec = StepSpec(defense="at", eps=eps, step=step, steps=k, init="uniform", amp_dtype=rt.amp_dtype, **fields)
-        it = iter(batches)
-
-        def one():
-            nonlocal it
-            try:
-                xb, yb = next(it)
-            except StopIteration:
-                it = iter(batches)
-                xb, yb = next(it)
-            if rt.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            train_step(model, opt, xb, yb, spec, epoch=0)
+        one = cycling_steps(batches, rt, lambda xb, yb: train_step(model, opt, xb, yb, spec, epoch=0))
 
         reset_peak(ctx.device)
         _, t = timed(one, ctx.warmup, ctx.steps, ctx.device)

@@ -11,15 +11,7 @@ from advrw.attacks import pgd
 from advrw.attacks.fat import tau_at_epoch
 from advrw.errors import AdvrwError
 from advrw.step import StepSpec, adversarial_examples
-
-
-def threshold_model(c=0.535, slope=10.0):
-    """Two classes on a scalar input: z = (0, slope (x - c)); class 0 iff x < c."""
-    lin = nn.Linear(1, 2)
-    with torch.no_grad():
-        lin.weight.copy_(torch.tensor([[0.0], [slope]]))
-        lin.bias.copy_(torch.tensor([0.0, -slope * c]))
-    return lin
+from test_attacks import threshold_model
 
 
 # y = 0, so CE ascent moves every x up by 0.01 per step: iterate t is x + 0.01 t (eps 0.1 caps it).
