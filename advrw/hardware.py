@@ -34,15 +34,24 @@ FAKE_ENV = "ADVRW_FAKE_CAPABILITY"
 SLOW_BF16_COST = ("about 20x slower than fp32 (attack forward+backward of PreActResNet-18, batch 32: "
                   "2.0 vs 41-48 img/s, measured on a 2-core AVX2-only AMD EPYC, torch 2.13)")
 
-# channels_last=auto: (model family, device type, resolved precision) -> on. Only cells measured
-# faster are listed; anything else (fp32 on CPU, every GPU) stays off until measured. Source:
-# scripts/bench.py (advrw train step, AT, batch 128, images/s) on a 2-core AMD EPYC with
-# AVX512-BF16, torch 2.13.0 CPU, README "Speed": PreActResNet-18 PGD-10 bf16 13.2 -> bf16+cl 15.0;
-# SmallCNN PGD-40 bf16 110.3 -> bf16+cl 138.0.
+# channels_last=auto: (model family, device type, resolved precision) -> True (on for that device
+# type) or the CPU capabilities it was measured faster on. Anything else (every GPU) stays off
+# until measured. Source: scripts/bench.py (advrw train step, AT, images/s) on a 2-core AMD EPYC
+# with AVX512-BF16, torch 2.13.0 CPU, README "Speed": batch 128, PreActResNet-18 PGD-10 bf16 13.2
+# -> bf16+cl 15.0, SmallCNN PGD-40 bf16 110.3 -> bf16+cl 138.0; --quick (batch 32, 6 steps, idle
+# machine), fp32 -> fp32+cl: PreActResNet-18 13.9 -> 15.9, SmallCNN 465-481 -> 582-616. fp32 was
+# only measured on that AVX512 CPU, so an AVX2-only CPU keeps the default layout.
 CHANNELS_LAST_FASTER = {
     ("resnet", "cpu", "bf16"): True,
     ("smallcnn", "cpu", "bf16"): True,
+    ("resnet", "cpu", "fp32"): ("AVX512",),
+    ("smallcnn", "cpu", "fp32"): ("AVX512",),
 }
+
+
+def channels_last_faster(family: str, cap: "Capability", precision: str) -> bool:
+    cell = CHANNELS_LAST_FASTER.get((family, cap.device_type, precision), False)
+    return cell if isinstance(cell, bool) else cap.cpu_capability in cell
 
 
 def model_family(name: str) -> str:
@@ -204,7 +213,7 @@ def resolve_runtime(cfg, device: torch.device | str, probe_fn=None, warn: bool =
                         cap.missing_bf16(), SLOW_BF16_COST)
     family = model_family(str(_get(cfg, "model.name", "")))
     if req["channels_last"] == "auto":
-        channels_last = CHANNELS_LAST_FASTER.get((family, cap.device_type, precision), False)
+        channels_last = channels_last_faster(family, cap, precision)
         why["channels_last"] = (f"measured faster for {family} on {cap.device_type} in {precision}" if channels_last
                                 else f"not measured faster for {family} on {cap.device_type} in {precision}")
     else:

@@ -59,7 +59,9 @@ def test_explicit_bf16_without_native_support_runs_but_warns_once(caplog):
     ("wrn34_10", "avx512_bf16", "cpu", "auto", True),          # same family
     ("smallcnn", "avx512_bf16", "cpu", "auto", True),
     ("tiny", "avx512_bf16", "cpu", "auto", False),             # never measured: off
-    ("preact_resnet18", "avx2", "cpu", "auto", False),         # fp32 here: not in the table
+    ("preact_resnet18", "avx2", "cpu", "auto", False),         # fp32 measured faster only on AVX512
+    ("preact_resnet18", "avx512", "cpu", "auto", True),        # fp32 on AVX512: measured faster
+    ("tiny", "avx512", "cpu", "auto", False),
     ("preact_resnet18", "cuda_bf16", "cuda", "auto", False),   # no GPU measurement: off
 ])
 def test_channels_last_auto_uses_the_measured_table(model, preset, device, precision, expected):
