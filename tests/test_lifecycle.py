@@ -204,3 +204,42 @@ def test_a_stale_run_dir_is_refused_but_a_preempted_one_continues(tmp_path):
     other = OmegaConf.merge(cfg, {"seed": 1})  # another config in the same dir: never continued
     with pytest.raises(Exception, match="already holds a run"):
         RunState.open(other, run, None)
+
+
+def test_kill_9_at_random_points_then_resume_is_identical(tmp_path):
+    """kill -9 (no handler runs) at seeded random moments -- one as soon as a checkpoint save is under
+    way (its .tmp exists) -- then resume: final weights equal an uninterrupted run's and
+    metrics.jsonl holds every epoch once."""
+    import random
+    import signal
+    import sys
+    import time
+
+    args = [*COMMON, "schedule.epochs=6", "schedule.milestones=[6]"]
+    ref = tmp_path / "ref"
+    ok(cli("train", *args, f"hydra.run.dir={ref}", cwd=tmp_path))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "ADVRW_CACHE": str(tmp_path / ".cache")}
+    rng = random.Random(0)
+    for trial, during_save in enumerate([True, False]):
+        part = tmp_path / f"killed{trial}"
+        proc = subprocess.Popen([sys.executable, "-m", "advrw.train", *args, f"hydra.run.dir={part}"], cwd=tmp_path,
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline, delay = time.monotonic() + 120, rng.uniform(0.0, 0.5)
+        while proc.poll() is None and time.monotonic() < deadline:
+            if during_save and any(part.glob("*.pt.tmp")):
+                break  # a save is under way: kill it mid-write
+            if not during_save and (part / "last.pt").exists():
+                time.sleep(delay)
+                break
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert (part / "last.pt").exists() or any(part.glob("*.tmp")), "killed before any checkpoint"
+        if not (part / "last.pt").exists():  # killed inside the very first save: start again in place
+            shutil.rmtree(part)
+            ok(cli("train", *args, "stop_after=1", f"hydra.run.dir={part}", cwd=tmp_path))
+        res = tmp_path / f"resumed{trial}"
+        ok(cli("train", f"resume={part}", f"hydra.run.dir={res}", cwd=tmp_path))
+        assert same_weights(ref / "last.pt", res / "last.pt"), f"trial {trial}"
+        assert epochs_of(res) == [1, 2, 3, 4, 5, 6], f"trial {trial}"
+        assert not list(res.glob("*.tmp"))
