@@ -27,10 +27,8 @@ import torch
 from advrw.errors import AdvrwError
 
 MINIMIZERS = ("sgd", "awp")
-# The authors' public defaults (csdongxian/AWP): AT_AWP/train_cifar10.py --awp-gamma 0.01
-# --awp-warmup 0; trades_AWP/train_trades_cifar.py --awp-gamma 0.005 --awp-warmup 10 with
-# 1-indexed epochs (AWP from epoch 10 on), i.e. 9 initial epochs without AWP here.
-AUTHOR_DEFAULTS = {"at": {"gamma": 0.01, "warmup": 0}, "trades": {"gamma": 0.005, "warmup": 9}}
+# The authors' defaults (AT gamma 0.01 / warmup 0, TRADES 0.005 / 9) live in conf/minimizer/awp.yaml
+# and conf/minimizer_combo/awp_trades.yaml.
 EPS = 1e-20  # the authors' guard against a zero gradient norm
 
 

@@ -18,9 +18,6 @@ from advrw.errors import AdvrwError
 
 log = logging.getLogger(__name__)
 
-CHOICES = ("last", "best", "both")
-
-
 def kinds(choice: str) -> list[str]:
     """The checkpoints to score, in order (last last: its model stays loaded)."""
     return ["best", "last"] if choice == "both" else [choice]
@@ -34,6 +31,19 @@ def protocol(kind: str, path: Path, state: dict) -> dict:
         out["selected_on"] = {"split": "validation", "metric": "val_robust (PGD, see config.validation)",
                               "val_robust": state.get("best_robust"), "val_size": ds.get("val_size")}
     return out
+
+
+def score(checkpoints: list[tuple[str, Path]], load, run, protocol_of) -> tuple[dict, dict]:
+    """Score each ``(kind, path)``: ``load(path) -> state`` puts it in the model, ``run() ->
+    (results, arrays)`` evaluates it, ``protocol_of(kind, path, state)`` adds to its protocol.
+    Returns the merged results and the arrays of the last one scored (for the figures)."""
+    scored, arrays = {}, None
+    for kind, path in checkpoints:
+        state = load(path)
+        results, arrays = run()
+        results["protocol"].update(protocol_of(kind, path, state))
+        scored[kind] = results
+    return merge(scored), arrays
 
 
 def merge(per_kind: dict[str, dict]) -> dict:

@@ -103,26 +103,29 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     log.info("evaluating %s (%s, epoch %s) with eval=%s on %d %s test images, eps %.4g", path, kind,
              info["epoch"], cfg.eval.name, n_eval, cfg.dataset.name, cfg.eval.eps)
     ev = OmegaConf.to_container(cfg.eval, resolve=True)
-    scored = {}
-    for kind in (["best", "last"] if both else [kind]):
-        if both:  # the model holds one checkpoint at a time
-            path = path.parent / f"{kind}.pt"
-            obj = ckpt_io.read(path)
-            ckpt_io.load_model_state(model, ckpt_io.model_state(obj), str(path), cfg.model.name, data.num_classes)
-        results, arrays = run_suite(model, x, y, ev, num_classes=data.num_classes, progress=bool(cfg.progress))
-        results["protocol"].update({"checkpoint": bestlast.protocol(kind, path, obj) if is_advrw else
-                                    {"path": str(path), "kind": kind, "epoch": info["epoch"]},
-                                    "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test",
-                                    "eval": cfg.eval.name, "subsets": {**data.subsets, "eval": picked},
-                                    "runtime": info["runtime"]})
+    def load(p):
+        if not both:  # the one checkpoint is in the model already
+            return obj
+        state = ckpt_io.read(p)  # the model holds one checkpoint at a time
+        ckpt_io.load_model_state(model, ckpt_io.model_state(state), str(p), cfg.model.name, data.num_classes)
+        return state
+
+    def protocol_of(kind, p, state):
+        out = {"checkpoint": bestlast.protocol(kind, p, state) if is_advrw else
+               {"path": str(p), "kind": kind, "epoch": info["epoch"]},
+               "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test", "eval": cfg.eval.name,
+               "subsets": {**data.subsets, "eval": picked}, "runtime": info["runtime"]}
         if is_advrw:
-            tc = obj["config"]
-            results["protocol"].update({"defense": tc["defense"]["name"], "weighting": tc["weighting"]["name"],
-                                        "train_seed": tc.get("seed"),
-                                        "minimizer": tc.get("minimizer", {}).get("name", "sgd"),
-                                        "train_runtime": (obj.get("run_info") or {}).get("runtime")})
-        scored[kind] = results
-    results = bestlast.merge(scored)
+            tc = state["config"]
+            out.update({"defense": tc["defense"]["name"], "weighting": tc["weighting"]["name"],
+                        "train_seed": tc.get("seed"), "minimizer": tc.get("minimizer", {}).get("name", "sgd"),
+                        "train_runtime": (state.get("run_info") or {}).get("runtime")})
+        return out
+
+    checkpoints = [(k, path.parent / f"{k}.pt") for k in bestlast.kinds("both")] if both else [(kind, path)]
+    results, arrays = bestlast.score(
+        checkpoints, load,
+        lambda: run_suite(model, x, y, ev, num_classes=data.num_classes, progress=bool(cfg.progress)), protocol_of)
     write_report(run_dir, results, arrays, data.classes, runlog, plots=bool(cfg.eval.plots))
     runlog.finish()
     return results

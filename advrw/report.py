@@ -260,11 +260,6 @@ def _columns(res: dict, prefix: str) -> list[tuple[str, float, tuple]]:
     return out
 
 
-def job_metrics(res: dict, label_last: bool = False) -> dict[str, float]:
-    """Column name -> accuracy in %, for one results.json."""
-    return {col: v for col, v, _ in job_columns(res, label_last)}
-
-
 def paper_metrics(paper: dict, columns: list[str]) -> dict[str, float]:
     """The preset's ``paper:`` numbers mapped onto our column names (the unprefixed ones: a paper's
     number is compared with the checkpoint a plain evaluation scores)."""

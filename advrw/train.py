@@ -246,22 +246,23 @@ def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, subset: tuple, r
     idx, picked = subset  # (indices, record) from advrw.data.subsets.eval_subset
     x, y = _as_float(data.test_x[idx.to(data.test_x.device)]), data.test_y[idx.to(data.test_y.device)]
     ev = OmegaConf.to_container(cfg.eval, resolve=True)
-    scored = {}
-    for kind in bestlast.kinds(cfg.eval.checkpoint):
-        path = run_dir / f"{kind}.pt"
+    def load(path):
         state = ckpt_io.read(path)
         model.load_state_dict(state["model"])
-        results, arrays = run_suite(model, x, y, ev, num_classes=data.num_classes, progress=bool(cfg.progress))
-        results["protocol"].update({"checkpoint": bestlast.protocol(kind, path, state),
-                                    "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test",
-                                    "defense": cfg.defense.name, "weighting": cfg.weighting.name,
-                                    "eval": cfg.eval.name, "train_seed": int(cfg.seed),
-                                    "minimizer": awp_spec_fields(cfg), "subsets": {**data.subsets, "eval": picked}})
+        return state
+
+    def protocol_of(kind, path, state):
+        out = {"checkpoint": bestlast.protocol(kind, path, state), "model": cfg.model.name,
+               "dataset": cfg.dataset.name, "split": "test", "defense": cfg.defense.name,
+               "weighting": cfg.weighting.name, "eval": cfg.eval.name, "train_seed": int(cfg.seed),
+               "minimizer": awp_spec_fields(cfg), "subsets": {**data.subsets, "eval": picked}}
         if runtime is not None:  # eval itself runs fp32 and eager on this machine; training's settings as resolved
-            results["protocol"].update({"runtime": hardware.eval_runtime(x.device, runtime["channels_last"]),
-                                        "train_runtime": runtime})
-        scored[kind] = results
-    results = bestlast.merge(scored)  # figures and W&B tables: the last scored (last with both)
+            out.update({"runtime": hardware.eval_runtime(x.device, runtime["channels_last"]), "train_runtime": runtime})
+        return out
+
+    results, arrays = bestlast.score(  # figures and W&B tables: the last scored (last with both)
+        [(kind, run_dir / f"{kind}.pt") for kind in bestlast.kinds(cfg.eval.checkpoint)], load,
+        lambda: run_suite(model, x, y, ev, num_classes=data.num_classes, progress=bool(cfg.progress)), protocol_of)
     write_report(run_dir, results, arrays, data.classes, runlog, plots=bool(cfg.eval.plots))
     return results
 

@@ -109,7 +109,8 @@ def _ascend(model, x, y, objective, ref_logits, params, eps, step, steps, init, 
         x_adv.requires_grad_(True)
         with autocast(x.device.type, amp_dtype):
             logits = model(x_adv)
-        correct = logits.argmax(dim=1) == y
+        predicted_right = logits.argmax(dim=1) == y
+        correct = predicted_right
         if early:
             wrong = ~correct & active
             active = active & ~(wrong & (budget == 0))
@@ -118,7 +119,7 @@ def _ascend(model, x, y, objective, ref_logits, params, eps, step, steps, init, 
         if kappa is not None:
             kappa += correct
         if keep_fooled:
-            newly = ~(logits.argmax(dim=1) == y) & ~found
+            newly = ~predicted_right & ~found
             first = torch.where(newly.view(shape), x_adv.detach(), first)
             found |= newly
         loss = obj(logits, y, ref_logits, **params).sum()
