@@ -16,13 +16,23 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from advrw import bestlast
-from advrw import checkpoint as ckpt_io
-from advrw import hardware
-from advrw.config import git_commit, resolve_device, seed_everything, validate_eval
-from advrw.cli import CONF_DIR, remove_stray_run_dir
-from advrw.errors import AdvrwError
-from advrw.runlog import RunLog, write_json
+from advrw.evaluation import bestlast
+from advrw.core import checkpoints as ckpt_io
+from advrw.core import hardware
+from advrw.config import CONF_DIR
+from advrw.config.precheck import precheck, remove_stray_run_dir
+from advrw.config.validation import validate_eval
+from advrw.core.files import write_json
+from advrw.core.hardware import resolve_device, seed_everything
+from advrw.core.errors import AdvrwError
+from advrw.core.keys import override_key
+from advrw.records.provenance import git_commit
+from advrw.records.runlog import RunLog
+from advrw.data import build_data, subsets
+from advrw.models import build_model
+from advrw.evaluation.results import write_report
+from advrw.evaluation.suite import run_suite
+from advrw.records.identity import eval_logger_settings
 
 log = logging.getLogger("advrw.eval")
 
@@ -47,11 +57,11 @@ def effective_config(cfg: DictConfig, saved: dict | None) -> DictConfig:
         return cfg
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     for group in ("dataset", "model"):
-        if group not in saved["config"] or any(o.lstrip("+~").split("=")[0] == group for o in overrides):
+        if group not in saved["config"] or any(override_key(o) == group for o in overrides):
             continue
         merged = OmegaConf.create(saved["config"][group])
         for o in overrides:
-            key = o.lstrip("+~").split("=")[0]
+            key = override_key(o)
             if key.startswith(group + "."):
                 OmegaConf.update(merged, key[len(group) + 1:], OmegaConf.select(cfg, key), force_add=True)
         cfg[group] = merged
@@ -66,12 +76,7 @@ def effective_config(cfg: DictConfig, saved: dict | None) -> DictConfig:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    from advrw.data import build_data, subsets
-    from advrw.models import build_model
-    from advrw.results import write_report
-    from advrw.suite import run_suite
-
-    both = cfg.eval.checkpoint == "both"  # best.pt and last.pt of a run dir (advrw/bestlast.py)
+    both = cfg.eval.checkpoint == "both"  # best.pt and last.pt of a run dir (advrw/evaluation/bestlast.py)
     path = (checkpoint_path(bestlast.run_dir_for_both(cfg.ckpt), "last") if both
             else checkpoint_path(cfg.ckpt, cfg.eval.checkpoint))
     obj = ckpt_io.read(path)
@@ -94,8 +99,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             "checkpoint_kind": kind, "epoch": obj.get("epoch") if is_advrw else None,
             "runtime": hardware.eval_runtime(device)}
     write_json(run_dir / "run_info.json", info)
-    from advrw.campaign import eval_logger_settings  # job_type=eval in the training run's W&B group
-
     logger_cfg, run_name, link = eval_logger_settings(config["logger"], config, run_dir, obj if is_advrw else None)
     runlog = RunLog(run_dir, logger_cfg, {**config, **link, "run_info": info}, name=run_name)
     x = data.test_x[idx.to(data.test_x.device)].float().div_(255)
@@ -149,8 +152,6 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    from advrw.cli import precheck
-
     precheck("eval", _validate_cli)
     _hydra_main()
 

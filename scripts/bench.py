@@ -5,7 +5,7 @@
     python scripts/bench.py --cases preact --variants fp32,bf16,bf16+cl --steps 8
 
 It prints this machine's capability first (what ``precision=auto``/``channels_last=auto``
-resolve from, ``advrw.hardware``), then one row per (case, variant): the reference loop's and
+resolve from, ``advrw.core.hardware``), then one row per (case, variant): the reference loop's and
 advrw's images/s and their ratio. Variants are ``fp32``/``bf16`` with optional ``+cl``
 (channels_last) and ``+compile`` (torch.compile; its compile time is shown apart from the timed
 steps). ``auto`` is the variant ``precision=auto channels_last=auto`` resolves to here.
@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # a fresh clone
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from advrw import hardware  # noqa: E402
+from advrw.core import hardware  # noqa: E402
 from advrw.data import DeviceBatches  # noqa: E402
 from advrw.models import build_model  # noqa: E402
-from advrw.step import StepSpec, train_step  # noqa: E402
-from advrw.suite import white_box  # noqa: E402
+from advrw.training.step import StepSpec, train_step  # noqa: E402
+from advrw.evaluation.suite import white_box  # noqa: E402
 
 CASES: dict = {}
 ALL_VARIANTS = ("fp32", "bf16", "fp32+cl", "bf16+cl", "fp32+compile", "bf16+compile", "fp32+cl+compile",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -32,12 +33,46 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 def preset_jobs(*args: str) -> list[list[str]]:
     """The jobs the precheck validates (and Hydra's sweeper launches) for ``advrw.train -m args``."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-    from advrw.cli import CONF_DIR, job_overrides, sweeper_params, with_sweeper_params
+    from advrw.config import CONF_DIR
+    from advrw.config.precheck import job_overrides, sweeper_params, with_sweeper_params
 
+    GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         overrides = with_sweeper_params(sweeper_params(compose, "train", list(args)), list(args))
     return job_overrides(overrides, True)
+
+
+@functools.lru_cache(maxsize=None)
+def _compose(config_name: str, overrides: tuple[str, ...], hydra: bool):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from advrw.config import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=hydra)
+
+
+def compose_config(config_name: str, *overrides: str, hydra: bool = False):
+    """The real ``conf/<config_name>.yaml`` composed with ``overrides`` (a fresh copy each call)."""
+    import copy
+
+    return copy.deepcopy(_compose(config_name, tuple(overrides), hydra))  # cached compose, private copy
+
+
+@pytest.fixture
+def cfg_train():
+    """``cfg_train(*overrides)``: ``conf/train.yaml`` as ``python -m advrw.train overrides...`` composes it."""
+    return lambda *overrides, hydra=False: compose_config("train", *overrides, hydra=hydra)
+
+
+@pytest.fixture
+def cfg_eval():
+    """``cfg_eval(*overrides)``: ``conf/eval.yaml`` as ``python -m advrw.eval overrides...`` composes it."""
+    return lambda *overrides, hydra=False: compose_config("eval", *overrides, hydra=hydra)
 
 
 def results(run_dir: Path) -> dict:

@@ -16,7 +16,7 @@ from torch import nn
 
 from advrw.attacks import OBJECTIVES, check_budget, fgsm, get_objective, model_mode, pgd, prob_margin, random_start
 from advrw.attacks.objectives import ce, cw, kl, scaled_ce, weighted_ce, weighted_kl
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 
 
 

@@ -6,15 +6,14 @@ import copy
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from test_step import setup, spec_for
 
-from advrw import awp
-from advrw.cli import CONF_DIR
-from advrw.config import validate_train
-from advrw.errors import AdvrwError
-from advrw.step import _weighted_loss, adversarial_examples, train_step
-from advrw.train import step_spec
+from advrw.methods import awp
+from advrw.config.validation import validate_train
+from advrw.core.errors import AdvrwError
+from advrw.training.step import _weighted_loss, adversarial_examples, train_step
+from advrw.training.build import step_spec
 
 COMBOS = [("at", "none"), ("trades", "vir"), ("mart", "margin_exp"), ("at", "gairat"), ("trades", "ewat")]
 
@@ -153,8 +152,7 @@ def test_warmup_epochs_are_plain_steps():
 
 
 def compose_train(*overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+    return compose_config("train", *overrides)
 
 
 @pytest.mark.parametrize("overrides,gamma,warmup", [

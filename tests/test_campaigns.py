@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from advrw.campaign import swept_overrides, wandb_identity
-from advrw.cli import CONF_DIR, precheck
-from advrw.config import validate_train
-from conftest import preset_jobs, cli, ok, results
+from advrw.records.identity import swept_overrides, wandb_identity
+from advrw.config import CONF_DIR
+from advrw.config.precheck import precheck
+from advrw.config.validation import validate_train
+from conftest import compose_config, preset_jobs, cli, ok, results
 
 # The smallest jobs that still train (one epoch, one batch) and evaluate.
 TINY = ["experiment=smoke", "dataset.n_train=64", "dataset.n_test=32", "dataset.val_size=0", "eval.plots=false",
@@ -41,8 +41,7 @@ def test_zeng_alpha_grid_and_command_line_wins():
     pairs = {(dict(o.split("=", 1) for o in j)["defense"], float(dict(o.split("=", 1) for o in j)["weighting.alpha"]))
              for j in jobs}
     assert pairs == {(d, a) for d in ("at", "trades") for a in (0, 0.01, 0.05, 0.1, 1, 1.5, 2)}
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=jobs[-1])
+    cfg = compose_config("train", *jobs[-1])
     validate_train(cfg)
     assert cfg.weighting.name == "margin_exp" and cfg.attack.weighted and cfg.eval.name == "nonuniform"
     assert list(cfg.eval.alpha_test) == [0.5, 1.0, 1.5, 2.0]  # evaluated in-job, not swept
@@ -63,23 +62,20 @@ def test_precheck_validates_every_job_of_a_preset(capsys):
 
 def test_debug_fast_fits_every_paper_preset():
     presets = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml") if p.stem != "smoke")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        for name in presets:
-            cfg = compose("train", overrides=[f"experiment={name}", "debug=fast"])
-            validate_train(cfg)
-            assert cfg.schedule.epochs == 2 and cfg.schedule.burn_in == min(cfg.weighting.burn_in, 1), name
-            assert cfg.eval.name == "quick" and cfg.eval.n_eval == 200 and cfg.dataset.n_train == 500
-        # a sweep preset's own eval= gives way to debug=fast
-        assert compose("train", overrides=["sweep=vir_table1", "debug=fast"]).eval.name == "quick"
+    for name in presets:
+        cfg = compose_config("train", f"experiment={name}", "debug=fast")
+        validate_train(cfg)
+        assert cfg.schedule.epochs == 2 and cfg.schedule.burn_in == min(cfg.weighting.burn_in, 1), name
+        assert cfg.eval.name == "quick" and cfg.eval.n_eval == 200 and cfg.dataset.n_train == 500
+    # a sweep preset's own eval= gives way to debug=fast
+    assert compose_config("train", "sweep=vir_table1", "debug=fast").eval.name == "quick"
 
 
 def test_launcher_presets_compose(monkeypatch):
     monkeypatch.setenv("SBATCH_PARTITION", "gpu-a100")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        slurm = compose("train", overrides=["hydra/launcher=slurm", "experiment=smoke"], return_hydra_config=True)
-        local = compose("train", overrides=["hydra/launcher=local"], return_hydra_config=True)
-        share = compose("train", overrides=["hydra/launcher=gpu_share", "hydra.launcher.n_jobs=3"],
-                        return_hydra_config=True)
+    slurm = compose_config("train", "hydra/launcher=slurm", "experiment=smoke", hydra=True)
+    local = compose_config("train", "hydra/launcher=local", hydra=True)
+    share = compose_config("train", "hydra/launcher=gpu_share", "hydra.launcher.n_jobs=3", hydra=True)
     sl = slurm.hydra.launcher
     assert sl._target_.endswith("SlurmLauncher") and sl.gpus_per_node == 1 and sl.timeout_min == 1440
     assert sl.partition == "gpu-a100" and sl.account is None and sl.cpus_per_task > 0 and sl.mem_gb > 0

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from omegaconf import OmegaConf
 
-from advrw.cli import CONF_DIR
-from advrw.config import validate_eval, validate_train
+from advrw.config import CONF_DIR
+from advrw.config.validation import validate_eval, validate_train
 from advrw.data import build_data
-from advrw.step import train_step
-from advrw.train import build_model_for, optimizer_and_scheduler, step_spec
+from advrw.training.step import train_step
+from advrw.training.build import build_model_for, optimizer_and_scheduler, step_spec
 
 CONF = Path(CONF_DIR)
 
@@ -23,8 +23,7 @@ def options(group: str) -> list[str]:
 
 
 def make(overrides, name="train"):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+    return compose_config(name, *overrides)
 
 
 SYNTH = ["dataset=synthetic", "dataset.image_size=16", "dataset.n_train=16", "dataset.n_test=8",

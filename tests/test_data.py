@@ -18,7 +18,7 @@ from PIL import Image
 
 from advrw.data import DATASET_NAMES, DataBundle, DeviceBatches, build_data, crop_flip
 from advrw.data import archive as archive_mod
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 
 REAL_ARCHIVE = Path("/work/shared/data/cifar10-jpeg.tar.gz")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

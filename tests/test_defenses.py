@@ -1,4 +1,4 @@
-"""Tests for advrw.defenses: AT / TRADES / MART with a weight on the robust term (SPEC sections 1, 3).
+"""Tests for advrw.methods.defenses: AT / TRADES / MART with a weight on the robust term (SPEC sections 1, 3).
 
 Expected values are worked out with ``math`` from the formulas, and the unweighted losses are also
 checked against their textbook / public-code PyTorch forms.
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advrw.defenses import at_loss, defense_loss, kl_per_example, mart_bce, mart_loss, trades_loss
-from advrw.errors import AdvrwError
+from advrw.methods.defenses import at_loss, defense_loss, kl_per_example, mart_bce, mart_loss, trades_loss
+from advrw.core.errors import AdvrwError
 
 
 

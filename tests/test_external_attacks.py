@@ -8,7 +8,7 @@ from torch import nn
 
 from advrw.attacks.external import (AttackResult, AutoAttackResult, fmn_available, run_autoattack,
                                     run_fmn, run_spsa, run_square)
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 
 EPS = 8 / 255
 

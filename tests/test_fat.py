@@ -9,8 +9,8 @@ from torch import nn
 
 from advrw.attacks import pgd
 from advrw.attacks.fat import tau_at_epoch
-from advrw.errors import AdvrwError
-from advrw.step import StepSpec, adversarial_examples
+from advrw.core.errors import AdvrwError
+from advrw.training.step import StepSpec, adversarial_examples
 from test_attacks import threshold_model
 
 
@@ -100,13 +100,11 @@ def test_step_spec_reads_tau_for_the_epoch():
     (["weighting=gairat", "weighting.half_steps=int"], "weighting.half_steps='int'"),
 ])
 def test_validation_names_the_key(overrides, bad):
-    from hydra import compose, initialize_config_dir
+    from conftest import compose_config
 
-    from advrw.cli import CONF_DIR
-    from advrw.config import validate_train
+    from advrw.config.validation import validate_train
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["experiment=smoke", *overrides])
+    cfg = compose_config("train", "experiment=smoke", *overrides)
     with pytest.raises(AdvrwError, match=r"^" + bad.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
         validate_train(cfg)
 

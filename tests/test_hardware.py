@@ -1,4 +1,4 @@
-"""advrw.hardware: precision/channels_last resolved from an injected capability, the slow-bf16
+"""advrw.core.hardware: precision/channels_last resolved from an injected capability, the slow-bf16
 warning, validation, a compiled step against the eager one, and the records of real CLI runs."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import logging
 import pytest
 import torch
 
-from advrw import hardware
-from advrw.errors import AdvrwError
+from advrw.core import hardware
+from advrw.core.errors import AdvrwError
 from conftest import ok, results
 
 
@@ -32,7 +32,7 @@ def cfg(precision="auto", channels_last="auto", compile=False, model="preact_res
     ("cuda_no_bf16", "cuda", "fp32"),
 ])
 def test_precision_auto_follows_native_bf16(preset, device, expected, caplog):
-    with caplog.at_level(logging.WARNING, logger="advrw.hardware"):
+    with caplog.at_level(logging.WARNING, logger="advrw.core.hardware"):
         rt = hardware.resolve_runtime(cfg(), device, probe_fn=fake(preset))
     assert rt.precision == expected
     assert rt.amp_dtype == (torch.bfloat16 if expected == "bf16" else None)
@@ -41,14 +41,14 @@ def test_precision_auto_follows_native_bf16(preset, device, expected, caplog):
 
 
 def test_explicit_bf16_without_native_support_runs_but_warns_once(caplog):
-    with caplog.at_level(logging.WARNING, logger="advrw.hardware"):
+    with caplog.at_level(logging.WARNING, logger="advrw.core.hardware"):
         rt = hardware.resolve_runtime(cfg("bf16"), "cpu", probe_fn=fake("avx2"))
     assert rt.precision == "bf16"  # honoured
     assert len(caplog.records) == 1
     msg = caplog.records[0].getMessage()
     assert "AVX2" in msg and "avx512_bf16" in msg and "20x slower" in msg and "precision=auto" in msg
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="advrw.hardware"):
+    with caplog.at_level(logging.WARNING, logger="advrw.core.hardware"):
         hardware.resolve_runtime(cfg("bf16"), "cpu", probe_fn=fake("amx"))
         hardware.resolve_runtime(cfg("fp32"), "cpu", probe_fn=fake("avx2"))
     assert not caplog.records
@@ -97,7 +97,7 @@ def test_compiled_step_matches_the_eager_step():
     """Same shapes as the smoke preset (tiny CNN, 16x16, batch 64, PGD-3), so the CLI test below
     reuses the compiled graphs from inductor's cache."""
     from advrw.models import build_model
-    from advrw.step import StepSpec, train_step
+    from advrw.training.step import StepSpec, train_step
 
     torch.manual_seed(0)
     eager = build_model("tiny", 10, in_channels=3, image_size=16)

@@ -155,7 +155,7 @@ def test_eval_applies_dataset_overrides_on_the_checkpoints_dataset(run_cli, tmp_
 
 
 def test_wandb_unwritable_dir_and_failed_online_start(tmp_path, monkeypatch, caplog):
-    from advrw.runlog import RunLog
+    from advrw.records.runlog import RunLog
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -190,7 +190,7 @@ def test_submitit_preemption_requeues_and_continues_in_place(full_run, tmp_path)
 def test_a_stale_run_dir_is_refused_but_a_preempted_one_continues(tmp_path):
     from omegaconf import OmegaConf
 
-    from advrw.lifecycle import RunState
+    from advrw.training.lifecycle import RunState
 
     cfg = OmegaConf.create({"resume": None, "seed": 0, "schedule": {"epochs": 2}, "logger": {"name": "none"}})
     run = tmp_path / "r"

@@ -10,8 +10,8 @@ from torch import nn
 
 from advrw.attacks import pgd
 from advrw.attacks.mde import md_attack, md_plan, md_step_sizes, run_mde
-from advrw.errors import AdvrwError
-from advrw.suite import black_box, white_box
+from advrw.core.errors import AdvrwError
+from advrw.evaluation.suite import black_box, white_box
 
 EPS = 0.1
 D2 = torch.tensor([1.0, -1.0, 1.0, -1.0])

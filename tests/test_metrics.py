@@ -1,4 +1,4 @@
-"""advrw.metrics: hand-computed values, invariants, and the chi-square DRO solver vs brute force."""
+"""advrw.evaluation.metrics: hand-computed values, invariants, and the chi-square DRO solver vs brute force."""
 
 import math
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from advrw.errors import AdvrwError
-from advrw.metrics import (accuracy, chi2_dro, chi2_dro_curve, chi2_dro_weights, confusion_matrix,
+from advrw.core.errors import AdvrwError
+from advrw.evaluation.metrics import (accuracy, chi2_dro, chi2_dro_curve, chi2_dro_weights, confusion_matrix,
                            correct, high_entropy_share, histogram, nonuniform_accuracy,
                            nonuniform_weights, per_class_accuracy, prediction_entropy, prob_margin,
                            weighted_accuracy)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 
-from advrw.cli import CONF_DIR
-from advrw.config import validate_train
+from advrw.config.validation import validate_train
 from advrw.data import MixedBatches, build_data
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 
 
 def rows(n_orig, n_extra, size=4):
@@ -91,8 +90,7 @@ def test_generated_rows_keep_their_npz_labels(tmp_path):
 
 
 def compose_train(*overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=["experiment=smoke", *overrides])
+    return compose_config("train", "experiment=smoke", *overrides)
 
 
 @pytest.mark.parametrize("overrides,needle", [

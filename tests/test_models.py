@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 from advrw.models import MODEL_NAMES, Normalize, build_model, num_parameters
 
 # (in_channels, image_size) per model for the shape test.

@@ -1,13 +1,13 @@
-"""advrw.plots: every figure writes a readable, non-empty PNG and leaks no pyplot figures."""
+"""advrw.evaluation.plots: every figure writes a readable, non-empty PNG and leaks no pyplot figures."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from advrw import plots
-from advrw.errors import AdvrwError
-from advrw.metrics import confusion_matrix, nonuniform_weights, per_class_accuracy, prediction_entropy
+from advrw.evaluation import plots
+from advrw.core.errors import AdvrwError
+from advrw.evaluation.metrics import confusion_matrix, nonuniform_weights, per_class_accuracy, prediction_entropy
 
 CLASSES = ["plane", "car", "bird", "cat"]
 

@@ -3,20 +3,19 @@ and column order, Best / Last columns. No training: jobs are composed, or faked 
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from advrw import bestlast
-from advrw.cli import CONF_DIR, precheck
-from advrw.config import validate_train
+from advrw.evaluation import bestlast
+from advrw.config import CONF_DIR
+from advrw.config.precheck import precheck
+from advrw.config.validation import validate_train
 from advrw.report import main
-from advrw.suite import selected_attacks
-from conftest import preset_jobs
+from advrw.evaluation.suite import selected_attacks
+from conftest import compose_config, preset_jobs
 
 EPS = 8 / 255
 
@@ -30,10 +29,10 @@ def test_table_sweeps_expand_to_every_job(preset, extra, n):
     assert len(jobs) == n and len({tuple(sorted(j)) for j in jobs}) == n
 
 
-def test_table_sweeps_pass_precheck_and_score_the_tables_columns(monkeypatch):
+def test_table_sweeps_pass_precheck_and_score_the_tables_columns(monkeypatch, cfg_train):
     # composes and validates every method of each table (seed=0 on the command line: 8 + 4 jobs);
     # CIFAR-10's files are not here, so the file checks of the precheck are left out
-    monkeypatch.setattr("advrw.validation.preflight", lambda *a, **k: None)
+    monkeypatch.setattr("advrw.config.validation.preflight", lambda *a, **k: None)
     precheck("train", validate_train, ["-m", "sweep=mail_table2", "seed=0"])
     precheck("train", validate_train, ["-m", "sweep=ewat_table2", "seed=0"])
     mail = preset_jobs("sweep=mail_table2")
@@ -41,10 +40,9 @@ def test_table_sweeps_pass_precheck_and_score_the_tables_columns(monkeypatch):
         ["at_rn18_cifar10", "trades_rn18_cifar10", "mart_rn18_cifar10", "fat_rn18_cifar10", "at_awp_rn18_cifar10",
          "gairat_rn18_cifar10", "mail_at_rn18_cifar10", "mail_trades_rn18_cifar10"])
     vir_jobs, ewat_jobs = preset_jobs("sweep=vir_table1"), preset_jobs("sweep=ewat_table2")  # (these reset Hydra)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        fat = compose("train", overrides=next(j for j in mail if "experiment=fat_rn18_cifar10" in j))
-        vir = compose("train", overrides=vir_jobs[0])
-        ewat = [compose("train", overrides=next(j for j in ewat_jobs if f"weighting={w}" in j)) for w in ("none", "ewat")]
+    fat = cfg_train(*next(j for j in mail if "experiment=fat_rn18_cifar10" in j))
+    vir = cfg_train(*vir_jobs[0])
+    ewat = [cfg_train(*next(j for j in ewat_jobs if f"weighting={w}" in j)) for w in ("none", "ewat")]
     # MAIL Table 2: NAT / PGD-100 / APGD(-CE) / CW / AA; the FAT row's paper numbers are MAIL's
     assert set(selected_attacks(fat.eval)) == {"pgd100", "apgd_ce", "cw", "autoattack"}
     assert fat.attack.name == "fat" and fat.paper.source.startswith("MAIL Table 2") and fat.paper.clean == 87.97
@@ -60,25 +58,24 @@ def test_table_sweeps_pass_precheck_and_score_the_tables_columns(monkeypatch):
     assert [c.weighting.name for c in ewat] == ["none", "ewat"] and ewat[0].model.name == "preact_resnet18"
 
 
-def test_every_paper_block_is_one_table_with_our_attack_names():
+def test_every_paper_block_is_one_table_with_our_attack_names(cfg_train):
     """A preset's paper numbers sit next to our columns only under an attack the eval presets define."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        names = set()
-        for ev in ("full", "mail_table2", "vir_table1", "ewat_table2"):
-            names |= set(compose("train", overrides=[f"eval={ev}"]).eval.attacks)
-        for path in sorted((Path(CONF_DIR) / "experiment").glob("*.yaml")):
-            paper = compose("train", overrides=[f"experiment={path.stem}"]).get("paper")
-            if paper:
-                assert paper.source.split()[0] in ("VIR", "MAIL", "EWAT", "Zeng"), path.stem
-                assert set(paper.get("attacks") or {}) <= names, path.stem
-        # EW-TRADES-AWP builds on the EW-TRADES preset but must not inherit its numbers
-        assert compose("train", overrides=["experiment=ewat_trades_awp_cifar10"]).paper is None
+    names = set()
+    for ev in ("full", "mail_table2", "vir_table1", "ewat_table2"):
+        names |= set(cfg_train(f"eval={ev}").eval.attacks)
+    for path in sorted((Path(CONF_DIR) / "experiment").glob("*.yaml")):
+        paper = cfg_train(f"experiment={path.stem}").get("paper")
+        if paper:
+            assert paper.source.split()[0] in ("VIR", "MAIL", "EWAT", "Zeng"), path.stem
+            assert set(paper.get("attacks") or {}) <= names, path.stem
+    # EW-TRADES-AWP builds on the EW-TRADES preset but must not inherit its numbers
+    assert cfg_train("experiment=ewat_trades_awp_cifar10").paper is None
 
 
 # ---- the report on constructed run dirs ----
 
 def _protocols() -> dict:
-    """Attack protocols as advrw.suite writes them, in an order that is not the papers'."""
+    """Attack protocols as advrw.evaluation.suite writes them, in an order that is not the papers'."""
     return {
         "logit_scaling": {"attack": "pgd", "objective": "scaled_ce", "eps": EPS, "steps": 20, "step": EPS / 10,
                           "restarts": 1, "scale": 10.0},
@@ -103,10 +100,8 @@ def _results(clean: float, attacks: dict[str, float], kind: str = "last", epoch:
             "worst_case": {"robust_accuracy": min(attacks.values()), "attacks": list(attacks)}}
 
 
-@functools.lru_cache(maxsize=None)
 def _composed(overrides: tuple[str, ...]):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return compose_config("train", *overrides)
 
 
 def _job(d: Path, overrides: list[str], res: dict | None, config_overrides: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@ import types
 
 import torch
 
-from advrw.runlog import RunLog
+from advrw.records.runlog import RunLog
 
 
 def test_wandb_init_failure_is_survived(tmp_path, monkeypatch, caplog):

@@ -1,4 +1,4 @@
-"""Tests for advrw.step: one adversarial training step for every defense x weighting scheme."""
+"""Tests for advrw.training.step: one adversarial training step for every defense x weighting scheme."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from advrw.attacks import pgd
-from advrw.defenses import defense_loss
-from advrw.step import StepSpec, adversarial_examples, train_step
-from advrw.weighting import compute_weights, gairat
+from advrw.methods.defenses import defense_loss
+from advrw.training.step import StepSpec, adversarial_examples, train_step
+from advrw.methods.weighting import compute_weights, gairat
 
 
 
@@ -208,7 +208,7 @@ def test_at_with_natural_reading_scheme():
 
 def test_weight_only_clean_forward_leaves_bn_running_stats_alone():
     """AT + VIR: the extra clean forward must not move BN's running statistics (AT's BN sees x' only)."""
-    from advrw.step import frozen_bn_stats
+    from advrw.training.step import frozen_bn_stats
 
     model, opt, x, y = setup()
     bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]

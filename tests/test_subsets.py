@@ -12,7 +12,7 @@ from PIL import Image
 
 from advrw.data import build_data
 from advrw.data.subsets import describe, digest, take
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 from conftest import ok, results
 
 CLASS_ORDERED = torch.arange(10).repeat_interleave(100)  # an ImageFolder set: all of class 0, then 1, ...

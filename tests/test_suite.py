@@ -7,8 +7,8 @@ import torch
 
 from advrw.data import build_data
 from advrw.models import build_model
-from advrw.step import StepSpec, train_step
-from advrw.suite import black_box, run_suite, white_box
+from advrw.training.step import StepSpec, train_step
+from advrw.evaluation.suite import black_box, run_suite, white_box
 
 EPS = 8 / 255
 
@@ -56,7 +56,7 @@ ATTACKS = {
 def test_white_box_attacks_bounded_and_never_help(tiny, name, monkeypatch):
     model, x, y = tiny
     seen = []
-    import advrw.suite as suite
+    import advrw.evaluation.suite as suite
 
     real_pgd, real_fgsm = suite.pgd, suite.fgsm
 

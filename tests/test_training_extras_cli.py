@@ -7,13 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import ok, results
-from hydra import compose, initialize_config_dir
+from conftest import compose_config, ok, results
 
-from advrw.bestlast import run_dir_for_both
-from advrw.cli import CONF_DIR
-from advrw.config import validate_train
-from advrw.errors import AdvrwError
+from advrw.evaluation.bestlast import run_dir_for_both
+from advrw.config.validation import validate_train
+from advrw.core.errors import AdvrwError
 
 # Tiny models on a shared 2-core box: one torch thread per process avoids busy-waiting.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -75,9 +73,7 @@ def test_eval_cli_scores_best_and_last(run_cli, tmp_path, trained_run):
 
 
 def test_both_refuses_without_a_validation_split(tmp_path):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["experiment=smoke", "dataset.val_size=0",
-                                                      "eval.checkpoint=both"])
+    cfg = compose_config("train", "experiment=smoke", "dataset.val_size=0", "eval.checkpoint=both")
     with pytest.raises(AdvrwError, match=r"eval.checkpoint=both needs a validation split: set dataset.val_size > 0"):
         validate_train(cfg)
     (tmp_path / "last.pt").write_bytes(b"")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from advrw.cli import precheck
-from advrw.validation import validate_train
+from advrw.config.precheck import precheck
+from advrw.config.validation import validate_train
 
 SMOKE = ["experiment=smoke"]
 
@@ -136,13 +136,6 @@ def test_eval_grid_and_checkpoints(capsys, tmp_path, monkeypatch):
     assert "eval.subset='all' is unknown" in line
 
 
-def test_validators_still_importable_from_config():
-    import advrw.config as config
-    import advrw.validation as validation
-
-    assert config.validate_train is validation.validate_train and config.validate_eval is validation.validate_eval
-
-
 @pytest.mark.parametrize("args, expected", [
     (["schedule.lr=abc"], "schedule.lr='abc' is invalid"),
     (["-m", "schedule.momentum=0.9,0.5,-1"], "schedule.momentum=-1 is invalid"),
@@ -164,14 +157,11 @@ def test_cli_refusals_leave_no_outputs_dir(run_cli, tmp_path, args, expected):
 def test_resume_is_validated_against_the_checkpoints_config(capsys, tmp_path, monkeypatch):
     """``resume=`` with a longer schedule passes (the checkpoint's milestones fit); a bad value does not."""
     import torch
-    from hydra import compose, initialize_config_dir
+    from conftest import compose_config
     from omegaconf import OmegaConf
 
-    from advrw.cli import CONF_DIR
-
     monkeypatch.chdir(tmp_path)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*SMOKE, "stop_after=1"])
+    cfg = compose_config("train", *SMOKE, "stop_after=1")
     torch.save({"config": OmegaConf.to_container(cfg, resolve=True), "optimizer": {}, "model": {}}, tmp_path / "last.pt")
     precheck("train", validate_train, [f"resume={tmp_path}", "schedule.epochs=3"])
     line = _refused(capsys, "train", validate_train, [f"resume={tmp_path}", "schedule.momentum=-1"])
@@ -184,7 +174,7 @@ def test_resume_is_validated_against_the_checkpoints_config(capsys, tmp_path, mo
 
 
 def test_sweeper_params_become_jobs_and_the_command_line_wins():
-    from advrw.cli import job_overrides, with_sweeper_params
+    from advrw.config.precheck import job_overrides, with_sweeper_params
 
     merged = with_sweeper_params({"seed": "0,1", "schedule.momentum": "0.9,-1"}, ["schedule.momentum=0.5", "x=1"])
     assert merged == ["seed=0,1", "schedule.momentum=0.5", "x=1"]

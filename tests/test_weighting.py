@@ -1,4 +1,4 @@
-"""Tests for advrw.weighting: every scheme against values worked out by hand from SPEC section 3.
+"""Tests for advrw.methods.weighting: every scheme against values worked out by hand from SPEC section 3.
 
 The expected numbers are computed here with ``math`` straight from the formulas (never by calling
 the library), on 3 x 3 logits with simple values.
@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from advrw.errors import AdvrwError
-from advrw.weighting import (
+from advrw.core.errors import AdvrwError
+from advrw.methods.weighting import (
     batch_normalize,
     compute_weights,
     ewat,
@@ -93,7 +93,7 @@ def close(actual, expected, rtol=1e-5, atol=1e-6):
 
 
 def test_public_imports():
-    from advrw.weighting import ewat as _e, gairat as _g, mail as _m, margin_exp as _z, vir as _v  # noqa: F401
+    from advrw.methods.weighting import ewat as _e, gairat as _g, mail as _m, margin_exp as _z, vir as _v  # noqa: F401
 
     for fn in (_e, _g, _m, _z, _v):
         assert callable(fn)

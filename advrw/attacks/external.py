@@ -17,7 +17,7 @@ the returned points itself: ``robust[i]`` is True only if ``x_adv[i]`` lies in t
 around ``x[i]`` and in [0, 1] and the model classifies it correctly. A returned point outside
 the ball is replaced by ``x[i]`` (the attack gets no credit for it) and reported.
 
-No PGD loop lives here: the white-box PGD family is ``advrw.attacks.pgd``.
+No PGD loop lives here: the white-box PGD family is ``advrw.attacks.engine``.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from advrw.attacks.pgd import model_mode
-from advrw.errors import AdvrwError
+from advrw.attacks.engine import model_mode
+from advrw.core.errors import AdvrwError
 
 log = logging.getLogger(__name__)
 

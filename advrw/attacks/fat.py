@@ -8,7 +8,8 @@ pure function, and the validation of the keys issue 8's attack side adds (``atta
 
 from __future__ import annotations
 
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
+from advrw.methods.weighting import HALF_STEPS
 
 
 def tau_at_epoch(epoch: int, tau: int, milestones=()) -> int:
@@ -27,8 +28,6 @@ def _is_int(v) -> bool:
 def validate_attack(cfg) -> None:
     """One-line errors for the keys issue 8's attack side adds (called by config.validate_train):
     ``attack.{clamp_start,tau,tau_milestones,omega}`` and GAIRAT's ``weighting.half_steps``."""
-    from advrw.weighting import HALF_STEPS
-
     half = cfg.weighting.get("half_steps", "paper") if cfg.weighting.name == "gairat" else "paper"
     if half not in HALF_STEPS:
         raise AdvrwError(f"weighting.half_steps={half!r} is unknown: choose one of {', '.join(HALF_STEPS)}")

@@ -2,7 +2,7 @@
 overestimated adversarial robustness", Machine Learning), built on the shared PGD engine.
 
 No maintained library ships these attacks (the authors' repository, HanxunH/MDAttack, is research
-code), so they are staged runs of ``advrw.attacks.pgd`` with a per-step ``plan``:
+code), so they are staged runs of ``advrw.attacks.engine`` with a per-step ``plan``:
 
 * **MD** (margin decomposition): two runs from a uniform start (not clipped to [0, 1]). Step 0
   ascends ``z_y`` (as the public code does); steps ``1 .. change_point - 1`` ascend one term of the
@@ -27,8 +27,9 @@ import math
 
 import torch
 
-from advrw.attacks.pgd import model_mode, pgd
-from advrw.errors import AdvrwError
+from advrw.attacks.engine import model_mode, pgd
+from advrw.core.errors import AdvrwError
+from advrw.attacks import external
 
 STAGES = ("apgd-ce", "md", "mdmt", "fab-t")
 
@@ -105,8 +106,6 @@ def run_mde(model, x, y, *, eps: float, steps: int = 50, change_point: int = 20,
             stages=STAGES, seed: int = 0, batch_size: int = 500):
     """The MDE ensemble on ``(x, y)``; an ``external.AutoAttackResult`` (``per_attack``: robust
     accuracy after each stage, over these examples)."""
-    from advrw.attacks import external
-
     stages = list(stages)
     if not stages or any(s not in STAGES for s in stages):
         raise AdvrwError(f"mde stages={stages} is invalid: choose from {', '.join(STAGES)}")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from advrw.errors import AdvrwError
-from advrw.functional import kl_per_example, prob_margin
+from advrw.core.errors import AdvrwError
+from advrw.methods.functional import kl_per_example, prob_margin
 
 
 def ce(logits, y, ref_logits=None, **_):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from advrw.data.bundle import RawData
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 
 log = logging.getLogger(__name__)
 

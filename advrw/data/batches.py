@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 
 
 def crop_flip(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -27,7 +27,7 @@ from advrw.data import archive, sources
 from advrw.data.bundle import DataBundle, RawData, channel_stats
 from advrw.data.options import default_cache_dir, default_data_root, get, opt_bool, opt_int, opt_path
 from advrw.data.subsets import RULES, describe, take
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from typing import Iterator
 import torch
 
 from advrw.data.batches import crop_flip
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 
 log = logging.getLogger(__name__)
 

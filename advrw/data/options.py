@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 
 
 def get(cfg: Any, key: str, default: Any = None) -> Any:

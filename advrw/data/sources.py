@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from advrw._compat import import_torchvision
 from advrw.data.bundle import RawData
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import hashlib
 
 import torch
 
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 
 RULES = ("stratified", "random", "first")
 

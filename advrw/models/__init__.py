@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple
 
 from torch import nn
 
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 from advrw.models import preact_resnet, resnet, smallcnn, tiny, wide_resnet
 from advrw.models.normalize import Normalize
 from advrw.models.preact_resnet import PreActResNet

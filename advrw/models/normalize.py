@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 
 
 def _as_floats(name: str, values, positive: bool = False) -> tuple[float, ...]:

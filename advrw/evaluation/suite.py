@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from advrw import metrics
+from advrw.evaluation import metrics
 from advrw.attacks import fgsm, model_mode, pgd
-from advrw.config import as_list
+from advrw.core.keys import as_list
+from advrw.attacks import external
+from advrw.attacks.mde import STAGES, run_mde
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,6 @@ def white_box(model, x, y, spec, eps, *, batch_size, seed, only=None, desc="atta
 
 
 def _library_attack(model, x, y, spec, eps, *, batch_size, seed):
-    from advrw.attacks import external
-
     kind = spec["kind"]
     if kind == "autoattack":
         return external.run_autoattack(model, x, y, eps=eps, version=spec.get("version", "standard"), seed=seed,
@@ -100,8 +100,6 @@ def _library_attack(model, x, y, spec, eps, *, batch_size, seed):
         res.per_attack = {}
         return res
     if kind == "mde":
-        from advrw.attacks.mde import STAGES, run_mde
-
         return run_mde(model, x, y, eps=eps, steps=int(spec.get("steps", 50)),
                        change_point=int(spec.get("change_point", 20)),
                        n_target_classes=int(spec.get("n_target_classes", 9)), stages=spec.get("stages", STAGES),

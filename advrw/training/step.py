@@ -11,13 +11,13 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from advrw import awp
+from advrw.methods import awp
 from advrw.attacks import model_mode, pgd
 from advrw.attacks.fat import tau_at_epoch
-from advrw.attacks.pgd import autocast
-from advrw.defenses import NEEDS_NATURAL as DEFENSE_NEEDS_NATURAL
-from advrw.defenses import defense_loss
-from advrw.weighting import compute_weights, needs_natural
+from advrw.attacks.engine import autocast
+from advrw.methods.defenses import NEEDS_NATURAL as DEFENSE_NEEDS_NATURAL
+from advrw.methods.defenses import defense_loss
+from advrw.methods.weighting import compute_weights, needs_natural
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class StepSpec:
     weighted_attack: bool = False
     attack_alpha: float = 1.0
     amp_dtype: torch.dtype | None = None
-    minimizer: str = "sgd"  # sgd | awp (advrw/awp.py)
+    minimizer: str = "sgd"  # sgd | awp (advrw/methods/awp.py)
     awp_gamma: float = 0.0
     awp_warmup: int = 0
     clamp_start: bool = True

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ count of still-correct PGD iterates. The functions do not detach; ``compute_weig
 the config's ``detach`` switch, burn-in and the scheme's default, so researchers can reuse the
 bare formulas in their own loops::
 
-    from advrw.weighting import vir
+    from advrw.methods.weighting import vir
     w = vir(z_nat, z_adv, y, alpha=7.0, gamma=10.0, beta=0.007).detach()
 
-How a weight enters the loss is the defense's business (``advrw.defenses``); EWAT's additive
+How a weight enters the loss is the defense's business (``advrw.methods.defenses``); EWAT's additive
 ``1 + w`` / ``beta + w`` form is the ``combine: add`` setting of that scheme's config.
 """
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from advrw.errors import AdvrwError
-from advrw.functional import entropy, kl_per_example, prob_margin, true_prob
+from advrw.core.errors import AdvrwError
+from advrw.methods.functional import entropy, kl_per_example, prob_margin, true_prob
 
 
 def batch_normalize(w: torch.Tensor) -> torch.Tensor:

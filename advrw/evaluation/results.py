@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from advrw.runlog import RunLog, write_json
-from advrw.suite import table
+from advrw.core.files import write_json
+from advrw.records.runlog import RunLog
+from advrw.evaluation.suite import table
 
 log = logging.getLogger(__name__)
 
 
 def figures(run_dir: Path, results: dict, arrays: dict, classes: list[str]) -> list[Path]:
     """PNGs for people who do not use W&B; returns the written paths."""
-    from advrw import plots
+    from advrw.evaluation import plots  # deferred: matplotlib, only when figures are made
 
     out = []
     attacks = results.get("attacks", {})

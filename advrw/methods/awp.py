@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 
 MINIMIZERS = ("sgd", "awp")
 # The authors' defaults (AT gamma 0.01 / warmup 0, TRADES 0.005 / 9) live in conf/minimizer/awp.yaml

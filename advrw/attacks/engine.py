@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from advrw.attacks.objectives import get_objective
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 
 INITS = ("uniform", "normal", "none")
 BN_MODES = ("eval", "train")

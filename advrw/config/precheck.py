@@ -14,9 +14,11 @@ import re
 import sys
 from pathlib import Path
 
-from advrw.errors import AdvrwError
+from advrw.config import CONF_DIR
+from advrw.core.errors import AdvrwError
+from advrw.config.validation import preflight, resumed_view, suggest
+from advrw.core.keys import override_key
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 MAX_JOBS = 256
 _SKIP = {"-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc",
          "--version", "--resolve"}
@@ -53,8 +55,6 @@ def one_line(err: Exception, candidates=None) -> str:
 
     ``candidates(key)`` lists the keys and groups a misspelled ``key`` may have meant.
     """
-    from advrw.validation import suggest
-
     text = str(err)
     m = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if m:
@@ -152,8 +152,6 @@ def check_added_keys(config_name: str, overrides: list[str], base) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
 
-    from advrw.validation import suggest
-
     known = set(base) | set(groups()) | READ_EXTRA.get(config_name, set())
     for o in OverridesParser.create().parse_overrides(overrides):
         if o.type not in (OverrideType.ADD, OverrideType.FORCE_ADD):
@@ -184,8 +182,6 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
     """Compose and validate every job of the command line; exit 2 with one line on bad input."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-
-    from advrw.validation import preflight, resumed_view
 
     overrides, multirun, skip = split_args(sys.argv[1:] if argv is None else argv)
     if skip:
@@ -244,7 +240,7 @@ def sweeper_params(compose, config_name: str, overrides: list[str]) -> dict:
 
 def with_sweeper_params(params: dict, overrides: list[str]) -> list[str]:
     """``hydra.sweeper.params`` as overrides, before the command line's (which win for the same key)."""
-    given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    given = {override_key(o) for o in overrides}
     return [f"{k}={v}" for k, v in params.items() if str(k) not in given] + list(overrides)
 
 

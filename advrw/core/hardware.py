@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
+from advrw.core.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +246,6 @@ def compile_seconds() -> float | None:
 
 def report_compile(info: dict, path: Path, t_first_epoch: float) -> None:
     """Log the compile time once and add it to run_info.json (after the first compiled epoch)."""
-    from advrw.runlog import write_json
-
     sec = compile_seconds()
     info.setdefault("runtime", {})["compile_time_s"] = sec
     info["runtime"]["first_epoch_s"] = round(t_first_epoch, 3)
@@ -259,3 +258,32 @@ def eval_runtime(device, model_channels_last: bool = False) -> dict:
     """What an evaluation runs with: fp32 (eval never autocasts), eager, and this machine's facts."""
     cap = probe(device)
     return {"precision": "fp32", "channels_last": bool(model_channels_last), "compile": False, **cap.record()}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AdvrwError(f"device={name!r} is invalid: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AdvrwError(f"device={name!r} is not available here: no CUDA device; use device=cpu or auto")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True

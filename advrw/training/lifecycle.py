@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 
-from advrw import checkpoint as ckpt_io
-from advrw.errors import AdvrwError
+from advrw.core import checkpoints as ckpt_io
+from advrw.core.errors import AdvrwError
 
-log = logging.getLogger("advrw.lifecycle")
+log = logging.getLogger("advrw.training.lifecycle")
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3

@@ -22,8 +22,8 @@ import math
 import numpy as np
 import torch
 
-from advrw import functional
-from advrw.errors import AdvrwError
+from advrw.methods import functional
+from advrw.core.errors import AdvrwError
 
 __all__ = [
     "accuracy",

@@ -25,17 +25,23 @@ from omegaconf import DictConfig, OmegaConf
 from advrw.attacks.objectives import OBJECTIVES
 from advrw.attacks.fat import validate_attack
 from advrw.attacks.mde import validate_eval_attack
-from advrw.attacks.pgd import BN_MODES, INITS, check_budget
-from advrw.awp import validate_minimizer
-from advrw.bestlast import validate_checkpoint_choice
+from advrw.attacks.engine import BN_MODES, INITS, check_budget
+from advrw.methods.awp import validate_minimizer
+from advrw.evaluation.bestlast import validate_checkpoint_choice
 from advrw.data.mixed import validate_extra
-from advrw.config import as_list, resolve_device
 from advrw.data.subsets import RULES as SUBSET_RULES
-from advrw.errors import AdvrwError
-from advrw.hardware import validate_runtime
-from advrw.suite import ATTACK_KINDS, selected_attacks
+from advrw.core.errors import AdvrwError
+from advrw.core.hardware import resolve_device, validate_runtime
+from advrw.core.keys import CHECKPOINT_CHOICES, INVOCATION_KEYS, as_list, override_key
+from advrw.methods.weighting import COMBINES, CONTROL_KEYS, SCHEMES
+from advrw.methods import defenses
+from advrw.methods.defenses import DEFENSES
+from advrw.data import DATASET_NAMES
+from advrw.models import MODEL_NAMES
+from advrw.data import archive, sources
+from advrw.data.options import default_data_root, opt_path
+from advrw.evaluation.suite import ATTACK_KINDS, selected_attacks
 
-CHECKPOINT_CHOICES = ("last", "best", "both")  # eval.checkpoint (both: advrw/bestlast.py)
 ATTACK_LOSSES = ("auto", "ce", "kl", "cw", "scaled_ce")
 _ABSENT = object()
 
@@ -232,8 +238,6 @@ ATTACK_SPEC_RULES = {
 
 def validate_scheme(cfg: DictConfig) -> None:
     """weighting.*: the scheme, its wiring and every hyperparameter, now rather than when burn-in ends."""
-    from advrw.weighting import COMBINES, CONTROL_KEYS, SCHEMES
-
     w = cfg.weighting
     check(cfg, [("weighting.name", choice(*SCHEMES)), ("weighting.combine", choice(*COMBINES))])
     fn = SCHEMES[w.name]
@@ -246,9 +250,6 @@ def validate_scheme(cfg: DictConfig) -> None:
 
 
 def validate_defense(cfg: DictConfig) -> None:
-    from advrw import defenses
-    from advrw.defenses import DEFENSES
-
     check(cfg, [("defense.name", choice(*DEFENSES)), ("defense.attack_init", choice(*INITS))])
     # the loss takes **_ (shared call site): a misspelled +defense.key would be silently ignored
     fn = getattr(defenses, "_LOSSES", {}).get(str(cfg.defense.name))
@@ -279,8 +280,6 @@ def validate_schedule(cfg: DictConfig) -> None:
 
 
 def validate_dataset(cfg: DictConfig) -> None:
-    from advrw.data import DATASET_NAMES
-
     check(cfg, [("dataset.name", choice(*DATASET_NAMES))])
     check(cfg.dataset, DATASET_RULES, prefix="dataset.")
     d = cfg.dataset
@@ -314,8 +313,6 @@ def validate_eval(cfg: DictConfig) -> None:
 
 def validate_train(cfg: DictConfig) -> None:
     """Everything a training run could reject, checked before any work."""
-    from advrw.models import MODEL_NAMES
-
     validate_dataset(cfg)
     check(cfg, [("model.name", choice(*MODEL_NAMES))])
     validate_defense(cfg)
@@ -339,7 +336,7 @@ def validate_train(cfg: DictConfig) -> None:
         raise AdvrwError(f"eval.n_eval={n_eval} is invalid: must be <= dataset.n_test ({n_test}), the test set's size")
     check(cfg, [("logger.name", choice("wandb", "none"))])
     validate_checkpoint_choice(cfg)  # best / both need a validation split
-    validate_runtime(cfg)  # precision, channels_last, compile (advrw.hardware)
+    validate_runtime(cfg)  # precision, channels_last, compile (advrw.core.hardware)
     resolve_device(cfg.device)
     validate_minimizer(cfg)
     validate_extra(cfg)
@@ -372,9 +369,6 @@ def _readable_checkpoint(path: Path, key: str) -> None:
 
 def check_data_files(d: DictConfig) -> None:
     """The data set's files exist (what ``build_data`` would fail on after the run dir exists)."""
-    from advrw.data import archive, sources
-    from advrw.data.options import default_data_root, opt_path
-
     name = d.name
     root = opt_path(d, "root")
     if name in sources.TORCHVISION_NAMES:
@@ -424,10 +418,10 @@ def resumed_view(cfg: DictConfig, job: list[str]) -> DictConfig:
         raise AdvrwError(f"resume={cfg.resume}: {path} is not an advrw training checkpoint (no config/optimizer)")
     view = OmegaConf.create(saved["config"])
     for o in job:
-        key = o.lstrip("+~").split("=", 1)[0]
+        key = override_key(o)
         if not key.startswith("hydra") and "@" not in key and "=" in o:
             OmegaConf.update(view, key, OmegaConf.select(cfg, key), force_add=True)
-    for key in ("resume", "stop_after", "device", "progress", "checkpoint_every"):
+    for key in INVOCATION_KEYS:
         view[key] = cfg.get(key)
     return view
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from advrw.errors import AdvrwError
+from advrw.core.errors import AdvrwError
 
 
 def rng_state(generator: torch.Generator | None) -> dict:

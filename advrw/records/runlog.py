@@ -14,19 +14,9 @@ from pathlib import Path
 
 import torch
 
+from advrw.core.files import jsonable as _jsonable
+
 log = logging.getLogger(__name__)
-
-
-def _jsonable(value):
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 WANDB_TIMEOUT_S = 5
@@ -44,18 +34,12 @@ def _writable_dir(path: Path) -> bool:
         return False
 
 
-def write_json(path: Path, obj) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2))
-    tmp.replace(path)
-
-
 def wandb_init_kwargs(cfg: dict, config: dict, name: str | None, run_dir: Path) -> dict:
     """``wandb.init`` arguments from the logger config: name, group, job_type and, to continue a run, its id.
 
     ``cfg`` is the resolved ``logger`` group plus what the entry point adds: ``job_type`` (train /
     eval / report), ``id`` (a resumed run's W&B id, from its checkpoint), ``name`` and ``group``
-    (derived from the config by ``advrw.campaign.wandb_identity`` unless the user set them).
+    (derived from the config by ``advrw.records.identity.wandb_identity`` unless the user set them).
     """
     kwargs = {"project": cfg.get("project"), "entity": cfg.get("entity"), "group": cfg.get("group"),
               "job_type": cfg.get("job_type"), "tags": [str(t) for t in (cfg.get("tags") or [])],

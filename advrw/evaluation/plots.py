@@ -15,8 +15,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from advrw.errors import AdvrwError
-from advrw.metrics import histogram
+from advrw.core.errors import AdvrwError
+from advrw.evaluation.metrics import histogram
 
 __all__ = ["plot_class_weight_sums", "plot_confusion", "plot_entropy_hist", "plot_per_class",
            "plot_weight_hists"]

@@ -1,45 +1,15 @@
-"""Campaign plumbing: resolvers for unique run dirs and debug presets, and the jobs of a sweep preset.
-
-``${advrw_uid:}`` (``conf/hydra/default.yaml``) is a per-process unique suffix so runs started in
-the same second never share a dir. It is registered with ``use_cache=True`` like Hydra's ``now``:
-the value is cached in the config, so a sweep's jobs (and a submitit job re-created from its
-pickled config on requeue) see the dir of the process that launched them.
-"""
+"""W&B identity: a run's name, group and job type from what it is, never from the clock or a job number."""
 
 from __future__ import annotations
 
-import functools
-import secrets
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-
-@functools.lru_cache(maxsize=1)
-def process_uid() -> str:
-    """Six random hex digits, fixed for this process (not derived from the clock)."""
-    return secrets.token_hex(3)
-
-
-def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("advrw_uid"):
-        OmegaConf.register_new_resolver("advrw_uid", process_uid, use_cache=True)
-    if not OmegaConf.has_resolver("advrw_min"):  # debug=fast: burn-in min(paper's, 1)
-        OmegaConf.register_new_resolver("advrw_min", lambda *xs: min(xs))
-
-
-def _key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0].split("@", 1)[0]
-
-
-# ---- W&B identity: a run's name and group from what differs, never from the clock or a job number ----
+from advrw.core.keys import override_key, without
 
 _MODEL_SHORT = {"resnet18": "rn18", "resnet50": "rn50", "preact_resnet18": "prn18", "wrn34_10": "wrn34-10",
                 "wrn28_10": "wrn28-10", "wrn32_10": "wrn32-10"}
-# Settings that say how a run is executed or logged, not what it is: not part of its group.
-_NOT_IDENTITY = ("seed", "resume", "stop_after", "device", "progress", "checkpoint_every", "logger", "run_info",
-                 "paper")
-_NOT_IDENTITY_DATA = ("root", "download", "cache_dir")
 
 
 def base_name(config: dict) -> str:
@@ -64,16 +34,9 @@ def swept_overrides(task_overrides: list[str], sweep_overrides: list[str]) -> li
     swept -= {"seed", "weighting", "defense", "dataset", "model", "experiment"}  # already in the base name
     out = []
     for o in task_overrides:
-        key = _key(o)
+        key = override_key(o)
         if key in swept:
             out.append(f"{key.split('.')[-1]}={o.split('=', 1)[1]}")
-    return out
-
-
-def _identity_config(config: dict) -> dict:
-    out = {k: v for k, v in config.items() if k not in _NOT_IDENTITY}
-    if isinstance(out.get("dataset"), dict):
-        out["dataset"] = {k: v for k, v in out["dataset"].items() if k not in _NOT_IDENTITY_DATA}
     return out
 
 
@@ -81,7 +44,7 @@ def config_hash(config: dict) -> str:
     import hashlib
     import json
 
-    blob = json.dumps(_identity_config(config), sort_keys=True, default=str)
+    blob = json.dumps(without(config), sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:6]
 
 
@@ -107,8 +70,6 @@ def hydra_swept() -> list[str]:
     sweep_ovs = [f"{k}={v}" for k, v in (hc.sweeper.get("params") or {}).items()]
     multirun_yaml = Path(str(hc.sweep.dir)) / "multirun.yaml"  # the launcher's copy of the sweep command
     try:
-        from omegaconf import OmegaConf
-
         sweep_ovs += list(OmegaConf.load(multirun_yaml).hydra.overrides.task)
     except Exception:
         sweep_ovs += [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]

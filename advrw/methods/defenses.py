@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from advrw.errors import AdvrwError
-from advrw.functional import kl_per_example, true_prob
+from advrw.core.errors import AdvrwError
+from advrw.methods.functional import kl_per_example, true_prob
 
 DEFENSES = ("at", "trades", "mart")
 # Which defenses need the natural logits in their loss (so the trainer runs a clean forward).

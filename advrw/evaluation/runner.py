@@ -1,0 +1,47 @@
+"""One evaluation runner for both CLIs: the suite on the test split for the configured checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from advrw.core import checkpoints as ckpt_io
+from advrw.core import hardware
+from advrw.evaluation import bestlast
+from advrw.evaluation.results import write_report
+from advrw.evaluation.suite import run_suite
+from advrw.methods.awp import spec_fields as awp_spec_fields
+from advrw.records.runlog import RunLog
+
+
+@torch.no_grad()
+def as_float(x_uint8):
+    return x_uint8.float().div_(255)
+
+
+def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, subset: tuple, runtime: dict | None = None) -> dict:
+    """The evaluation suite on the test set with the configured checkpoint (last, best or both)."""
+    idx, picked = subset  # (indices, record) from advrw.data.subsets.eval_subset
+    x, y = as_float(data.test_x[idx.to(data.test_x.device)]), data.test_y[idx.to(data.test_y.device)]
+    ev = OmegaConf.to_container(cfg.eval, resolve=True)
+    def load(path):
+        state = ckpt_io.read(path)
+        model.load_state_dict(state["model"])
+        return state
+
+    def protocol_of(kind, path, state):
+        out = {"checkpoint": bestlast.protocol(kind, path, state), "model": cfg.model.name,
+               "dataset": cfg.dataset.name, "split": "test", "defense": cfg.defense.name,
+               "weighting": cfg.weighting.name, "eval": cfg.eval.name, "train_seed": int(cfg.seed),
+               "minimizer": awp_spec_fields(cfg), "subsets": {**data.subsets, "eval": picked}}
+        if runtime is not None:  # eval itself runs fp32 and eager on this machine; training's settings as resolved
+            out.update({"runtime": hardware.eval_runtime(x.device, runtime["channels_last"]), "train_runtime": runtime})
+        return out
+
+    results, arrays = bestlast.score(  # figures and W&B tables: the last scored (last with both)
+        [(kind, run_dir / f"{kind}.pt") for kind in bestlast.kinds(cfg.eval.checkpoint)], load,
+        lambda: run_suite(model, x, y, ev, num_classes=data.num_classes, progress=bool(cfg.progress)), protocol_of)
+    write_report(run_dir, results, arrays, data.classes, runlog, plots=bool(cfg.eval.plots))
+    return results

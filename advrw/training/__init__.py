@@ -1,0 +1,4 @@
+"""One training run: build it from the config (:mod:`.build`), one step (:mod:`.step`: attack ->
+forwards -> weights -> loss), the epoch loop (:mod:`.loop`) and what keeps a run alive around it
+(:mod:`.lifecycle`: checkpoints, resume, signals, non-finite values). Imports evaluation (the final
+evaluation), records, config and everything below; nothing imports it but the entry points."""
