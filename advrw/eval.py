@@ -25,6 +25,7 @@ from advrw.config.validation import validate_eval
 from advrw.core.files import write_json
 from advrw.core.hardware import resolve_device, seed_everything
 from advrw.core.errors import AdvrwError
+from advrw.core.exits import guarded, launch
 from advrw.core.keys import override_key
 from advrw.records.provenance import git_commit
 from advrw.records.runlog import RunLog
@@ -38,12 +39,7 @@ log = logging.getLogger("advrw.eval")
 
 
 def checkpoint_path(ckpt: str, kind: str) -> Path:
-    p = Path(str(ckpt)).expanduser()
-    if p.is_dir():
-        p = p / f"{kind}.pt"
-    if not p.is_file():
-        raise AdvrwError(f"ckpt={ckpt} does not exist" + (f" (looked for {p})" if p != Path(str(ckpt)) else ""))
-    return p
+    return ckpt_io.resolve(ckpt, kind, key="ckpt")
 
 
 def effective_config(cfg: DictConfig, saved: dict | None) -> DictConfig:
@@ -79,7 +75,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     both = cfg.eval.checkpoint == "both"  # best.pt and last.pt of a run dir (advrw/evaluation/bestlast.py)
     path = (checkpoint_path(bestlast.run_dir_for_both(cfg.ckpt), "last") if both
             else checkpoint_path(cfg.ckpt, cfg.eval.checkpoint))
-    obj = ckpt_io.read(path)
+    trust = bool(cfg.get("ckpt_trust", False))
+    obj = ckpt_io.read(path, trust=trust)
     is_advrw = "config" in obj and "model" in obj
     cfg = effective_config(cfg, obj if is_advrw else None)
     validate_eval(cfg)
@@ -109,7 +106,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     def load(p):
         if not both:  # the one checkpoint is in the model already
             return obj
-        state = ckpt_io.read(p)  # the model holds one checkpoint at a time
+        state = ckpt_io.read(p, trust=trust)  # the model holds one checkpoint at a time
         ckpt_io.load_model_state(model, ckpt_io.model_state(state), str(p), cfg.model.name, data.num_classes)
         return state
 
@@ -142,18 +139,14 @@ def _validate_cli(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    try:
-        results = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except AdvrwError as err:  # one line for the user, nothing else (no traceback, no log echo)
-        print(f"advrw: error: {err}", file=sys.stderr)
-        remove_stray_run_dir(Path(HydraConfig.get().runtime.output_dir))
-        sys.exit(2)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    results = guarded(lambda: run(cfg, run_dir), refused=lambda: remove_stray_run_dir(run_dir))
     return results.get("worst_case", {}).get("robust_accuracy")
 
 
 def main() -> None:
     precheck("eval", _validate_cli)
-    _hydra_main()
+    launch(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from advrw.config import CONF_DIR
 from advrw.core.errors import AdvrwError
-from advrw.config.validation import preflight, resumed_view, suggest
+from advrw.config import resume as resume_cfg
+from advrw.config.validation import preflight, suggest
 from advrw.core.keys import override_key
 
 MAX_JOBS = 256
@@ -200,6 +201,7 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
             jobs = job_overrides(overrides, multirun)
         except Exception as err:
             fail(one_line(err))
+        check_hydra_groups(compose, config_name, overrides)
         if any(o.startswith("+") for o in overrides):
             check_added_keys(config_name, overrides, compose(config_name=config_name, overrides=[]))
         composed = []
@@ -210,8 +212,8 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
                 fail(one_line(err, _candidates(_groups_only(compose, config_name, job))))
             try:
                 if config_name == "train" and cfg.get("resume"):  # validate the run it continues
-                    preflight(config_name, cfg)
-                    cfg = resumed_view(cfg, job)
+                    _, saved = resume_cfg.training_checkpoint(cfg, mmap=True)
+                    cfg = resume_cfg.merge(cfg, saved, job, resume_cfg.group_choices(job))
                 validate(cfg)
             except AdvrwError as err:
                 fail(str(err) + (f"  [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
@@ -222,6 +224,17 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
             except AdvrwError as err:
                 fail(str(err) + (f"  [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
     GlobalHydra.instance().clear()
+
+
+def check_hydra_groups(compose, config_name: str, overrides: list[str]) -> None:
+    """Hydra's own groups (``hydra/launcher=``, ``hydra/sweeper=``): an unknown option in one line."""
+    picks = [o for o in overrides if override_key(o).startswith("hydra/")]
+    if not picks:
+        return
+    try:
+        compose(config_name=config_name, overrides=picks, return_hydra_config=True)
+    except Exception as err:
+        fail(one_line(err))
 
 
 def sweeper_params(compose, config_name: str, overrides: list[str]) -> dict:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from omegaconf import OmegaConf
 
 # Settings of this invocation, not of the run: a resumed run takes them from its new command line.
-INVOCATION_KEYS = ("resume", "stop_after", "device", "progress", "checkpoint_every")
+INVOCATION_KEYS = ("resume", "ckpt_trust", "stop_after", "device", "progress", "checkpoint_every")
 # Where the data files are, not which data: a run moved to another machine is the same run.
 LOCATION_KEYS = ("dataset.root", "dataset.download", "dataset.cache_dir")
 # How a run is logged and annotated.
