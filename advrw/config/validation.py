@@ -20,19 +20,17 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from advrw.attacks.objectives import OBJECTIVES
 from advrw.attacks.fat import validate_attack
-from advrw.attacks.mde import validate_eval_attack
+from advrw.attacks import registry
 from advrw.attacks.engine import BN_MODES, INITS, check_budget
 from advrw.methods.awp import validate_minimizer
-from advrw.evaluation.bestlast import validate_checkpoint_choice
 from advrw.data.mixed import validate_extra
 from advrw.data.subsets import RULES as SUBSET_RULES
 from advrw.config import resume as resume_cfg
 from advrw.core import checkpoints as ckpt_io
 from advrw.core.errors import AdvrwError
 from advrw.core.hardware import resolve_device, validate_runtime
-from advrw.core.keys import CHECKPOINT_CHOICES, as_list
+from advrw.core.keys import CHECKPOINT_CHOICES, as_list, validate_checkpoint_choice
 from advrw.methods.weighting import COMBINES, CONTROL_KEYS, SCHEMES
 from advrw.methods import defenses
 from advrw.methods.defenses import DEFENSES
@@ -40,7 +38,7 @@ from advrw.data import DATASET_NAMES
 from advrw.models import MODEL_NAMES
 from advrw.data.checks import check_data_files
 from advrw.data.options import default_data_root, opt_path
-from advrw.evaluation.suite import ATTACK_KINDS, selected_attacks
+from advrw.attacks.registry import selected_attacks
 
 ATTACK_LOSSES = ("auto", "ce", "kl", "cw", "scaled_ce")
 _ABSENT = object()
@@ -219,20 +217,6 @@ DEFENSE_RULES = {
     "mart": [("lambda_mart", number(ge=0)), ("detach_nat", boolean())],
 }
 
-# eval.attacks.<name>.* by kind
-ATTACK_SPEC_RULES = {
-    "pgd": [("steps", integer(ge=1)), ("step", number(gt=0)), ("restarts", integer(ge=1)),
-            ("init", choice(*INITS)), ("objective", choice(*OBJECTIVES)), ("scale", number(gt=0)),
-            ("alpha", number(ge=0))],
-    "fgsm": [],
-    "autoattack": [("version", choice("standard", "plus", "rand"))],
-    "square": [("n_queries", integer(ge=1)), ("p_init", number(gt=0, le=1))],
-    "spsa": [("nb_iter", integer(ge=1)), ("delta", number(gt=0)), ("lr", number(gt=0)),
-             ("nb_sample", integer(ge=1)), ("batch_size", integer(ge=1)), ("max_batch_size", integer(ge=1))],
-    "fmn": [("steps", integer(ge=1))],
-}
-
-
 # ----------------------------------------------------------------------------------- validators
 
 
@@ -295,12 +279,7 @@ def validate_eval(cfg: DictConfig) -> None:
     check(cfg.eval, EVAL_RULES, prefix="eval.")
     ev = cfg.eval
     for name, spec in (ev.attacks or {}).items():
-        kind = spec.get("kind")
-        check(spec, [("kind", choice(*ATTACK_KINDS))], prefix=f"eval.attacks.{name}.")
-        check(spec, ATTACK_SPEC_RULES.get(kind, []), prefix=f"eval.attacks.{name}.")
-        if kind == "pgd":
-            check_budget(ev.eps, spec.step, spec.steps, spec.get("init", "uniform"), prefix=f"eval.attacks.{name}")
-        validate_eval_attack(name, spec)  # apgd_ce / mde keys
+        registry.validate(f"eval.attacks.{name}", spec, ev.eps)  # each kind's rules (advrw/attacks/registry.py)
     for name in as_list(ev.get("only")):
         if name not in (ev.attacks or {}):
             raise AdvrwError(f"eval.only names attack {name!r}, which eval={ev.name} does not have: "

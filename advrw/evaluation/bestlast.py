@@ -70,11 +70,3 @@ def run_dir_for_both(ckpt: str) -> Path:
         raise AdvrwError(f"eval.checkpoint=both: {p} has no best.pt (it is chosen on the validation split: "
                          "train with dataset.val_size > 0), or use eval.checkpoint=last")
     return p
-
-
-def validate_checkpoint_choice(cfg) -> None:
-    """Training: best / both need a validation split to choose best.pt on."""
-    choice = cfg.eval.checkpoint
-    if choice in ("best", "both") and not cfg.dataset.val_size:
-        raise AdvrwError(f"eval.checkpoint={choice} needs a validation split: set dataset.val_size > 0 "
-                         "(best.pt is chosen on it, never on the test set) or eval.checkpoint=last")
