@@ -214,9 +214,9 @@ SCHEME_RULES = {
 }
 
 DEFENSE_RULES = {
-    "at": [],
-    "trades": [("beta_trades", number(ge=0)), ("detach_nat", boolean())],
-    "mart": [("lambda_mart", number(ge=0)), ("detach_nat", boolean())],
+    "at": [("label_smoothing", number(ge=0, lt=1))],
+    "trades": [("beta_trades", number(ge=0)), ("detach_nat", boolean()), ("label_smoothing", number(ge=0, lt=1))],
+    "mart": [("lambda_mart", number(ge=0)), ("detach_nat", boolean()), ("label_smoothing", number(ge=0, lt=1))],
 }
 
 # eval.attacks.<name>.* by kind
