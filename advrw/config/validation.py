@@ -27,6 +27,7 @@ from advrw.attacks.fat import validate_attack
 from advrw.attacks.mde import validate_eval_attack
 from advrw.attacks.engine import BN_MODES, INITS, check_budget
 from advrw.methods.awp import validate_minimizer
+from advrw.methods.ema import validate_ema
 from advrw.evaluation.bestlast import validate_checkpoint_choice
 from advrw.data.mixed import validate_extra
 from advrw.data.subsets import RULES as SUBSET_RULES
@@ -339,6 +340,7 @@ def validate_train(cfg: DictConfig) -> None:
     validate_runtime(cfg)  # precision, channels_last, compile (advrw.core.hardware)
     resolve_device(cfg.device)
     validate_minimizer(cfg)
+    validate_ema(cfg)
     validate_extra(cfg)
     validate_eval(cfg)
     resolves(cfg)

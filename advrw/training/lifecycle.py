@@ -284,6 +284,7 @@ class RunState:
         self.extra: dict = {}  # more checkpoint keys (e.g. a W&B run id, hardware settings)
         self.guard = SignalGuard(self.run_dir)
         self.watch: FiniteWatch | None = None
+        self.ema = None  # advrw.methods.ema.ModelEMA, when the run averages its weights
         self.saved_last = (self.run_dir / "last.pt") if resumed else None
 
     # ---------------------------------------------------------------- opening (before any data)
@@ -389,6 +390,12 @@ class RunState:
             log.info("resumed from %s at %s", r["path"], where)
         self.watch = FiniteWatch(model, generator.device)
 
+    def attach_ema(self, ema) -> None:
+        """Hold the run's EMA (checkpointed as ``ema``); a resumed run gets its averaged weights back."""
+        self.ema = ema
+        if ema is not None and self.resumed is not None:
+            ema.load_state_dict(self.resumed["ema"])
+
     def payload(self, epoch: int, position: dict | None = None, interrupted: str | None = None) -> dict:
         """Everything a checkpoint holds (the one place it is built)."""
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
@@ -396,7 +403,8 @@ class RunState:
                 "position": position, "interrupted": interrupted, "best_robust": self.best_robust,
                 "config": self.config, "choices": self.choices, "run_info": self.info,
                 "class_weight_sums": self.class_sums, "num_classes": self.data.num_classes,
-                "classes": self.data.classes, **self.extra}
+                "classes": self.data.classes, **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+                **self.extra}
 
     def save(self, name: str, payload: dict, epoch: int, step: int | None = None) -> Path:
         """Atomic save that never writes a non-finite tensor (BN running stats included)."""
