@@ -284,3 +284,48 @@ def test_natural_logits_required(name):
 def test_at_does_not_need_natural_logits():
     loss, _ = defense_loss("at", None, t(Z_ADV), ty(Y), torch.ones(3))
     assert torch.isfinite(loss)
+
+
+# ----------------------------------------------------------------------------- label smoothing
+
+
+def smoothed_ce(row, y, s):
+    """``(1 - s) (-log p_y) + s * mean_k (-log p_k)``, by hand."""
+    logp = [v - math.log(sum(math.exp(u) for u in row)) for v in row]
+    return (1 - s) * -logp[y] + s * mean([-v for v in logp])
+
+
+@pytest.mark.parametrize("s", [0.1, 0.3])
+def test_label_smoothing_on_every_ce_term_hand(s):
+    """AT: weights times smoothed CE; TRADES: smoothed natural CE, KL untouched; MART: smoothed CE part."""
+    z_nat, z_adv, y, w = t(Z_NAT), t(Z_ADV), ty(Y), torch.tensor(W)
+    loss, parts = at_loss(None, z_adv, y, w, label_smoothing=s)
+    ls = [smoothed_ce(r, c, s) for r, c in zip(Z_ADV, Y)]
+    scalar_close(loss, mean([wi * c for wi, c in zip(W, ls)]))
+    scalar_close(parts["robust"], mean(ls))
+    loss, _ = at_loss(None, z_adv, y, w, combine="add", label_smoothing=s)
+    scalar_close(loss, mean([(1 + wi) * c for wi, c in zip(W, ls)]))
+
+    loss, parts = trades_loss(z_nat, z_adv, y, w, beta_trades=5.0, label_smoothing=s)
+    nat = mean([smoothed_ce(r, c, s) for r, c in zip(Z_NAT, Y)])
+    kls = [kl(a, b) for a, b in zip(Z_NAT, Z_ADV)]
+    scalar_close(loss, nat + mean([5.0 * wi * k for wi, k in zip(W, kls)]))
+    scalar_close(parts["natural"], nat)
+
+    loss, _ = mart_loss(z_nat, z_adv, y, w, lambda_mart=5.0, label_smoothing=s)
+    margin = [bce(r, c) - ce(r, c) for r, c in zip(Z_ADV, Y)]  # the non-CE part of MART's BCE
+    kl_term = [kl(a, b, 1e-12) * (1.0000001 - softmax(a)[c]) for a, b, c in zip(Z_NAT, Z_ADV, Y)]
+    hand = mean([wi * (smoothed_ce(r, c, s) + m) for wi, r, c, m in zip(W, Z_ADV, Y, margin)]) + 5.0 * mean(kl_term)
+    scalar_close(loss, hand)
+    assert abs(smoothed_ce(Z_ADV[0], 0, s) - ce(Z_ADV[0], 0)) > 1e-3  # smoothing really changes the value
+
+
+def test_label_smoothing_zero_is_plain_and_validated(cfg_train):
+    from advrw.config.validation import validate_train
+
+    z_nat, z_adv, y, w = t(Z_NAT), t(Z_ADV), ty(Y), torch.tensor(W)
+    for name in ("at", "trades", "mart"):
+        torch.testing.assert_close(defense_loss(name, z_nat, z_adv, y, w, label_smoothing=0.0)[0],
+                                   defense_loss(name, z_nat, z_adv, y, w)[0])
+    with pytest.raises(AdvrwError, match=r"defense.label_smoothing=1.0 is invalid"):
+        validate_train(cfg_train("experiment=smoke", "defense=trades", "defense.label_smoothing=1.0"))

@@ -130,6 +130,27 @@ def test_gairat_weights_not_all_equal_on_mixed_batch():
     torch.testing.assert_close(out["w"].mean(), torch.tensor(1.0))
 
 
+def test_step_reads_a_schemes_declared_needs(monkeypatch):
+    """A new scheme gets kappa, K and p(x) by declaring them: the step never tests a scheme's name."""
+    from advrw.methods import weighting
+
+    seen = {}
+
+    def probe(z_nat, z_adv, y, kappa=None, *, steps=0):
+        seen.update(z_nat=z_nat, kappa=kappa, steps=steps)
+        return torch.ones(len(y))
+
+    monkeypatch.setitem(weighting.SCHEMES, "probe", probe)
+    monkeypatch.setitem(weighting.NEEDS, "probe", weighting.Needs(natural=lambda hp: True, kappa=True, steps=True))
+    model, opt, x, y = setup()
+    train_step(model, opt, x, y, spec_for("at", "probe", steps=3), generator=torch.Generator().manual_seed(0))
+    assert seen["steps"] == 3 and seen["z_nat"] is not None
+    assert seen["kappa"] is not None and ((seen["kappa"] >= 0) & (seen["kappa"] <= 3)).all()
+    monkeypatch.setitem(weighting.NEEDS, "probe", weighting.Needs())
+    train_step(model, opt, x, y, spec_for("at", "probe", steps=3), generator=torch.Generator().manual_seed(0))
+    assert seen["kappa"] is None and seen["z_nat"] is None and seen["steps"] == 0
+
+
 def test_non_gairat_has_no_kappa():
     model, _, x, y = setup()
     _, kappa = adversarial_examples(model, x, y, spec_for("at", "mail"), generator=torch.Generator().manual_seed(0))

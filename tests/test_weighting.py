@@ -399,6 +399,16 @@ def test_needs_natural():
         assert needs_natural(name, {}) is False
 
 
+def test_every_scheme_declares_its_needs():
+    from advrw.methods.weighting import NEEDS, SCHEMES, needs_of
+
+    assert set(NEEDS) == set(SCHEMES)
+    assert needs_of("gairat").kappa and needs_of("gairat").steps
+    assert [n for n in SCHEMES if needs_of(n).kappa or needs_of(n).steps] == ["gairat"]
+    with pytest.raises(AdvrwError, match="weighting='nope' is unknown"):
+        needs_of("nope")
+
+
 # ----------------------------------------------------------------------------- GAIRAT int(K/2)
 
 

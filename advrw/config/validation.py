@@ -24,6 +24,7 @@ from advrw.attacks.fat import validate_attack
 from advrw.attacks import registry
 from advrw.attacks.engine import BN_MODES, INITS, check_budget
 from advrw.methods.awp import validate_minimizer
+from advrw.methods.ema import validate_ema
 from advrw.data.mixed import validate_extra
 from advrw.data.subsets import RULES as SUBSET_RULES
 from advrw.config import resume as resume_cfg
@@ -212,9 +213,9 @@ SCHEME_RULES = {
 }
 
 DEFENSE_RULES = {
-    "at": [],
-    "trades": [("beta_trades", number(ge=0)), ("detach_nat", boolean())],
-    "mart": [("lambda_mart", number(ge=0)), ("detach_nat", boolean())],
+    "at": [("label_smoothing", number(ge=0, lt=1))],
+    "trades": [("beta_trades", number(ge=0)), ("detach_nat", boolean()), ("label_smoothing", number(ge=0, lt=1))],
+    "mart": [("lambda_mart", number(ge=0)), ("detach_nat", boolean()), ("label_smoothing", number(ge=0, lt=1))],
 }
 
 # ----------------------------------------------------------------------------------- validators
@@ -318,6 +319,7 @@ def validate_train(cfg: DictConfig) -> None:
     validate_runtime(cfg)  # precision, channels_last, compile (advrw.core.hardware)
     resolve_device(cfg.device)
     validate_minimizer(cfg)
+    validate_ema(cfg)
     validate_extra(cfg)
     validate_eval(cfg)
     resolves(cfg)

@@ -4,6 +4,10 @@
 the robust term -- AT: CE on x'; TRADES: the KL term; MART: the BCE term -- as ``w`` with
 ``combine='multiply'`` or as EWAT's additive form with ``combine='add'``: ``(1 + w)`` on CE/BCE
 and ``(beta_trades + w)`` on TRADES' KL. ``w = 1`` with ``multiply`` is the unweighted defense.
+
+``label_smoothing`` (``defense.label_smoothing``, 0 = off) smooths every cross-entropy term: AT's CE on
+x' (still multiplied by the weight), TRADES' natural CE (the only place DM-Improves-AT's ``--ls`` acts)
+and the CE part of MART's BCE (its ``-log(1.0001 - max_{k!=y} p_k)`` margin term is not a CE).
 """
 
 from __future__ import annotations
@@ -19,11 +23,16 @@ DEFENSES = ("at", "trades", "mart")
 NEEDS_NATURAL = {"at": False, "trades": True, "mart": True}
 
 
-def mart_bce(z_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def ce(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Per-example CE in float32; smoothed: ``(1 - s) CE + s * mean_k(-log p_k)``."""
+    return F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=float(label_smoothing))
+
+
+def mart_bce(z_adv: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """MART's boosted CE: ``CE(f(x'), y) - log(1.0001 - max_{k != y} p_k(x'))`` per example."""
     p_adv = F.softmax(z_adv.float(), dim=1)
     p_other = p_adv.scatter(1, y[:, None], float("-inf")).amax(dim=1)
-    return F.cross_entropy(z_adv.float(), y, reduction="none") - torch.log(1.0001 - p_other + 1e-12)
+    return ce(z_adv, y, label_smoothing) - torch.log(1.0001 - p_other + 1e-12)
 
 
 def _coef(w: torch.Tensor, base: float, combine: str) -> torch.Tensor:
@@ -34,26 +43,26 @@ def _coef(w: torch.Tensor, base: float, combine: str) -> torch.Tensor:
     raise AdvrwError(f"weighting.combine={combine!r} is unknown: choose one of multiply, add")
 
 
-def at_loss(z_nat, z_adv, y, w, *, combine: str = "multiply", **_):
+def at_loss(z_nat, z_adv, y, w, *, combine: str = "multiply", label_smoothing: float = 0.0, **_):
     """Madry AT: ``mean_i w_i CE(f(x'_i), y_i)``."""
-    robust = F.cross_entropy(z_adv.float(), y, reduction="none")
+    robust = ce(z_adv, y, label_smoothing)
     loss = (_coef(w, 1.0, combine) * robust).mean()
     return loss, {"robust": robust.mean().detach()}
 
 
 def trades_loss(z_nat, z_adv, y, w, *, beta_trades: float = 6.0, combine: str = "multiply",
-                detach_nat: bool = False, **_):
+                detach_nat: bool = False, label_smoothing: float = 0.0, **_):
     """TRADES: ``mean CE(f(x), y) + beta * mean_i w_i KL(p(x_i) || p(x'_i))``."""
-    natural = F.cross_entropy(z_nat.float(), y)
+    natural = ce(z_nat, y, label_smoothing).mean()
     robust = kl_per_example(z_nat, z_adv, detach_nat)
     loss = natural + (_coef(w, beta_trades, combine) * robust).mean()
     return loss, {"natural": natural.detach(), "robust": robust.mean().detach()}
 
 
 def mart_loss(z_nat, z_adv, y, w, *, lambda_mart: float = 5.0, combine: str = "multiply",
-              detach_nat: bool = False, **_):
+              detach_nat: bool = False, label_smoothing: float = 0.0, **_):
     """MART: ``mean_i w_i BCE_i + lambda * mean_i KL(p(x_i) || p(x'_i)) (1 - p_y(x_i))``."""
-    bce = mart_bce(z_adv, y)
+    bce = mart_bce(z_adv, y, label_smoothing)
     p_true = true_prob(z_nat, y)
     kl = kl_per_example(z_nat, z_adv, detach_nat, eps=1e-12) * (1.0000001 - p_true)
     loss = (_coef(w, 1.0, combine) * bce).mean() + lambda_mart * kl.mean()

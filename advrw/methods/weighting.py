@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import torch
 
+from dataclasses import dataclass
+from typing import Callable
+
 from advrw.core.errors import AdvrwError
 from advrw.methods.functional import entropy, kl_per_example, prob_margin, true_prob
 
@@ -135,8 +138,29 @@ def margin_exp(z_nat, z_adv, y, kappa=None, *, alpha: float = 1.0) -> torch.Tens
 
 
 SCHEMES = {"none": none, "gairat": gairat, "mail": mail, "vir": vir, "ewat": ewat, "margin_exp": margin_exp}
-# Schemes that read the natural logits (an extra clean forward when the defense has none).
-NEEDS_NATURAL = {"vir": lambda hp: True, "mail": lambda hp: hp.get("pm", "adv") != "adv"}
+
+
+def _never(hp: dict) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a scheme reads beyond ``z_adv`` and ``y``; the training step provides it (and nothing more).
+
+    ``natural(hparams)``: the natural logits (an extra clean forward when the defense has none);
+    ``kappa``: the training attack counts each example's still-correct iterates;
+    ``steps``: the training attack's step count is passed as the ``steps`` hyperparameter.
+    """
+
+    natural: Callable[[dict], bool] = _never
+    kappa: bool = False
+    steps: bool = False
+
+
+NEEDS = {"none": Needs(), "gairat": Needs(kappa=True, steps=True),
+         "mail": Needs(natural=lambda hp: hp.get("pm", "adv") != "adv"), "vir": Needs(natural=lambda hp: True),
+         "ewat": Needs(), "margin_exp": Needs()}
 # Keys of a weighting config that steer the wiring rather than the formula.
 CONTROL_KEYS = ("name", "detach", "combine")
 COMBINES = ("multiply", "add")
@@ -149,9 +173,13 @@ def get_scheme(name: str):
         raise AdvrwError(f"weighting={name!r} is unknown: choose one of {', '.join(SCHEMES)}") from None
 
 
+def needs_of(name: str) -> Needs:
+    get_scheme(name)  # an unknown name fails here with the list of schemes
+    return NEEDS[name]
+
+
 def needs_natural(name: str, hparams: dict) -> bool:
-    rule = NEEDS_NATURAL.get(name)
-    return bool(rule and rule(hparams))
+    return bool(needs_of(name).natural(hparams))
 
 
 def scheme_hparams(cfg: dict) -> dict:

@@ -48,6 +48,7 @@ class RunState:
                                   best=float(resumed.get("best_robust", -1.0)) if resumed else -1.0,
                                   has_last=resumed is not None)
         self.opt = None
+        self.ema = None  # advrw.methods.ema.ModelEMA, when the run averages its weights
 
     @property
     def best_robust(self) -> float:
@@ -98,6 +99,12 @@ class RunState:
             log.info("resumed from %s at %s", r["path"], where)
         self.watch = FiniteWatch(model, generator.device)
 
+    def attach_ema(self, ema) -> None:
+        """Hold the run's EMA (checkpointed as ``ema``); a resumed run gets its averaged weights back."""
+        self.ema = ema
+        if ema is not None and self.resumed is not None:
+            ema.load_state_dict(self.resumed["ema"])
+
     def payload(self, epoch: int, position: dict | None = None, interrupted: str | None = None) -> dict:
         """Everything a checkpoint holds (the one place it is built): tensors and plain containers."""
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
@@ -105,7 +112,8 @@ class RunState:
                 "position": position, "interrupted": interrupted, "best_robust": self.best_robust,
                 "config": self.config, "choices": self.choices, "run_info": self.info,
                 "class_weight_sums": self.class_sums, "num_classes": self.data.num_classes,
-                "classes": list(self.data.classes), **self.extra}
+                "classes": list(self.data.classes), **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+                **self.extra}
 
     # ------------------------------------------------------------------------------ the loop
     def epoch_range(self) -> range:

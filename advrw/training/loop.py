@@ -24,6 +24,7 @@ from advrw.data.mixed import mixed_batches
 from advrw.data.subsets import take
 from advrw.evaluation.runner import as_float, final_eval
 from advrw.evaluation.suite import predict, white_box
+from advrw.methods import ema as weight_avg
 from advrw.records.identity import hydra_swept, logger_settings
 from advrw.records.provenance import git_commit
 from advrw.records.runlog import RunLog
@@ -100,6 +101,9 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
                             generator=gen)
     if cfg.dataset.get("extra_fraction") is not None:  # a fixed share of extra images in every batch
         batches = mixed_batches(data, cfg, gen, state.start_epoch)
+    ema = weight_avg.build(cfg, model, int(s.epochs) * len(batches))
+    state.attach_ema(ema)
+    val_model = ema.module if ema is not None and weight_avg.selects_on_ema(cfg) else model
     for epoch in state.epoch_range():
         burn_in = epoch < int(s.burn_in)
         sums, order, first = state.begin_epoch(epoch, device)
@@ -109,6 +113,8 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
             if runtime.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = train_step(step_model, opt, x, y, spec.at_epoch(epoch), burn_in=burn_in, generator=gen, epoch=epoch)
+            if ema is not None:
+                ema.update()
             sums.add(out, y)
             sync = bool(cfg.progress and i % 20 == 0)  # the only host sync inside the epoch
             if sync:
@@ -117,6 +123,8 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
                                 w=f"{w.mean().item():.2f}±{w.std().item() if len(w) > 1 else 0:.2f}")
             state.after_step(epoch, i, out, sums, batches.order, len(batches), sync)
         state.check_finite(epoch)
+        if ema is not None:
+            ema.end_epoch()  # BN statistics from the live model, before validation and the checkpoint
         lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with
         sched.step()
         record = sums.record(epoch, lr, burn_in)
@@ -124,7 +132,9 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
             hardware.report_compile(info, run_dir / "run_info.json", record["epoch_time_s"])
         state.class_sums.append(record["class_weight_sum"])
         if len(data.val_y):
-            record.update(validate_epoch(model, data, cfg, int(s.eval_batch_size)))
+            record.update(validate_epoch(val_model, data, cfg, int(s.eval_batch_size)))
+            if ema is not None:
+                record["val_weights"] = "ema" if val_model is ema.module else "raw"
             if state.is_best(record["val_robust"]):
                 record["best"] = True
         runlog.epoch(record, weights=torch.cat(sums.ws) if cfg.logger.get("log_histograms", True) else None,

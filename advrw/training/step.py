@@ -17,7 +17,7 @@ from advrw.attacks.fat import tau_at_epoch
 from advrw.attacks.engine import autocast
 from advrw.methods.defenses import NEEDS_NATURAL as DEFENSE_NEEDS_NATURAL
 from advrw.methods.defenses import defense_loss
-from advrw.methods.weighting import compute_weights, needs_natural
+from advrw.methods.weighting import compute_weights, needs_of
 
 
 @dataclass(frozen=True)
@@ -85,14 +85,14 @@ def _forward(model, x, amp_dtype):
 
 
 def adversarial_examples(model, x, y, spec: StepSpec, generator=None):
-    """The training attack; returns ``(x_adv, kappa)`` (kappa only for GAIRAT)."""
+    """The training attack; returns ``(x_adv, kappa)`` (kappa only for schemes that read it)."""
     ref = None
     if spec.objective.endswith("kl"):  # the KL attack needs the natural prediction
         with torch.no_grad(), model_mode(model, spec.bn_mode == "train"):
             ref = _forward(model, x, spec.amp_dtype).float()
     res = pgd(model, x, y, eps=spec.eps, step=spec.step, steps=spec.steps, init=spec.init,
               objective=spec.objective, ref_logits=ref, alpha=spec.attack_alpha, bn_mode=spec.bn_mode,
-              track_kappa=spec.scheme == "gairat", generator=generator, amp_dtype=spec.amp_dtype,
+              track_kappa=needs_of(spec.scheme).kappa, generator=generator, amp_dtype=spec.amp_dtype,
               clamp_start=spec.clamp_start, tau=spec.current_tau, omega=spec.omega)
     return res.x_adv, res.kappa
 
@@ -127,16 +127,17 @@ def train_step(model, optimizer, x, y, spec: StepSpec, *, burn_in: bool = False,
 def _weighted_loss(model, x, x_adv, y, kappa, spec: StepSpec, burn_in: bool):
     """Forwards -> weights -> weighted defense loss: ``(loss, parts, w, z_nat, z_adv)``."""
     z_nat = None
+    needs = needs_of(spec.scheme)
     if DEFENSE_NEEDS_NATURAL[spec.defense]:
         z_nat = _forward(model, x, spec.amp_dtype)
-    elif needs_natural(spec.scheme, spec.scheme_hparams) and not burn_in:
+    elif needs.natural(spec.scheme_hparams) and not burn_in:
         # A scheme reads p(x) that the AT loss does not need: same train-mode forward as the
         # loss's, but without gradient and without letting clean data into BN's running stats.
         with torch.no_grad(), frozen_bn_stats(model):
             z_nat = _forward(model, x, spec.amp_dtype)
     z_adv = _forward(model, x_adv, spec.amp_dtype)
     hparams = spec.scheme_hparams
-    if spec.scheme == "gairat":  # kappa counts this attack's iterates: K is its step count
+    if needs.steps:  # e.g. GAIRAT: kappa counts this attack's iterates, K is its step count
         hparams = {**hparams, "steps": spec.steps}
     w = compute_weights(spec.scheme, z_nat, z_adv, y, kappa, detach=spec.detach, burn_in=burn_in, **hparams)
     # During burn-in every scheme trains the plain defense (w = 1, multiplied).
