@@ -21,16 +21,48 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 from advrw.records.report.discovery import find_jobs
 from advrw.records.report.figures import figures
-from advrw.records.report.render import _header, _row_cells, csv_text, latex, markdown
+from advrw.records.report.render import csv_text, header, latex, markdown, protocol_caption, row_cells
 from advrw.records.report.table import build_rows, group_jobs, label_keys
 from advrw.records.report.wandb_run import log_to_wandb
 
 log = logging.getLogger("advrw.report")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Whole or not at all: a temp file beside ``path``, renamed over it; never a 0-byte report."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _out_problem(out: Path) -> str | None:
+    """Why ``--out`` cannot take the report (checked before any work), or None."""
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"--out {out}: {probe} is a file, not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"--out {out}: {probe} is not writable"
+    return None
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"advrw: error: {message}", file=sys.stderr)
+    return code
 
 
 def main(argv=None) -> int:
@@ -39,7 +71,9 @@ def main(argv=None) -> int:
     ap.add_argument("dirs", nargs="+", type=Path, help="sweep or run dirs (searched recursively)")
     fmt = ap.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="print CSV (mean, std, paper, diff columns)")
-    fmt.add_argument("--latex", action="store_true", help="print a LaTeX tabular")
+    fmt.add_argument("--latex", action="store_true",
+                     help="print a LaTeX table (needs \\usepackage{booktabs}; the caption names the protocol)")
+    ap.add_argument("--bold", action="store_true", help="bold the best mean of each column (Markdown, LaTeX)")
     ap.add_argument("--out", type=Path, help="where report.{md,csv,tex} and the PNGs go (default: the first dir)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--wandb", action="store_true", help="also log the table and figures to W&B (offline unless WANDB_MODE)")
@@ -47,25 +81,31 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for d in args.dirs:
         if not d.is_dir():
-            print(f"advrw: error: {d} is not a directory", file=sys.stderr)
-            return 2
-    jobs = find_jobs(args.dirs)
+            return _fail(f"{d} is not a directory")
+    out = args.out or args.dirs[0]
+    problem = _out_problem(out)
+    if problem:
+        return _fail(problem)
+    jobs, skipped = find_jobs(args.dirs)
+    for s in skipped:  # listed by path, then left out: one bad file must not cost the table
+        log.warning("skipped %s: %s", s.path, s.why)
     if not jobs:
-        print(f"advrw: error: no runs (.hydra/config.yaml) under {', '.join(map(str, args.dirs))}", file=sys.stderr)
-        return 2
+        return _fail(f"no runs (.hydra/config.yaml) under {', '.join(map(str, args.dirs))}")
     groups, varying, common = group_jobs(jobs)
-    rows, columns = build_rows(groups, varying)
+    rows, columns, found = build_rows(groups, varying)
     shown = label_keys(varying)  # the row-label columns (a method column for presets)
     failed = [j for j in jobs if not j.results]
-    out = args.out or args.dirs[0]
-    out.mkdir(parents=True, exist_ok=True)
     if args.csv:
         text, name = csv_text(rows, shown, columns), "report.csv"
     elif args.latex:
-        text, name = latex(rows, shown, columns), "report.tex"
+        text, name = latex(rows, shown, columns, protocol_caption(jobs), found, bold=args.bold), "report.tex"
     else:
-        text, name = markdown(rows, shown, columns, common, failed), "report.md"
-    (out / name).write_text(text)
+        text, name = markdown(rows, shown, columns, common, failed, skipped, found, bold=args.bold), "report.md"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_atomic(out / name, text.encode())
+    except OSError as err:
+        return _fail(f"cannot write {out / name}: {err.strerror or err}", 4)
     sys.stdout.write(text)
     if failed and (args.csv or args.latex):
         for j in failed:
@@ -74,13 +114,15 @@ def main(argv=None) -> int:
     if not args.no_plots and rows:
         try:
             pngs = figures(rows, varying, columns, out)
-        except Exception as err:  # a figure must not cost the table
+        except OSError as err:
+            return _fail(f"cannot write the figures to {out}: {err.strerror or err}", 4)
+        except Exception as err:  # noqa: BLE001 -- a figure bug must not cost the table (interrupts pass)
             log.warning("figures failed: %s: %s", type(err).__name__, err)
     log.info("%d jobs (%d without results) in %d rows -> %s%s", len(jobs), len(failed), len(rows), out / name,
              "".join(f", {p.name}" for p in pngs))
     if args.wandb:
-        head = _header(shown, columns)
-        log_to_wandb([_row_cells(r, shown, columns) for r in rows], head, pngs, jobs, f"report-{out.name}", out)
+        head = header(shown, columns, found)
+        log_to_wandb([row_cells(r, shown, columns) for r in rows], head, pngs, jobs, f"report-{out.name}", out)
     return 0
 
 

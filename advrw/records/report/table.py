@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass, field
 
-from advrw.core.keys import NOT_IDENTITY, matches, override_key, override_value
+from advrw.core.keys import NOT_IDENTITY, matches, override_key, override_value, without
 from advrw.records.report.discovery import Job
 
 @dataclass
 class Group:
-    key: tuple  # ((override key, value), ...) without the seed
+    key: str  # the identity of the config that ran (without seed and invocation keys)
+    labels: dict  # what the user typed that sets this experiment apart (override key -> value)
     jobs: list[Job] = field(default_factory=list)
 
     def label(self, keys: list[str]) -> dict:
-        d = dict(self.key)
-        return {k: d.get(k, "") for k in keys}
+        return {k: self.labels.get(k, "") for k in keys}
 
+
+def identity(config: dict) -> str:
+    """Two jobs share a row exactly when this matches: the config that ran, seed and invocation keys out."""
+    return json.dumps(without(config, NOT_IDENTITY), sort_keys=True, default=str)
+
+
+def _leaves(node, prefix: str = "") -> dict:
+    if not isinstance(node, dict):
+        return {prefix[:-1]: json.dumps(node, default=str) if isinstance(node, (list, dict)) else node}
+    out = {}
+    for k, v in node.items():
+        out.update(_leaves(v, f"{prefix}{k}."))
+    return out
 
 
 def _num(v):
@@ -55,6 +69,10 @@ def method_label(config: dict) -> str:
         base = "FAT" if defense == "at" else f"FAT-{base}"
     if scheme == "gairat" and defense == "at" and not fat:
         label = "GAIRAT"
+    elif scheme == "margin_exp":  # Zeng et al. name the curve by its alpha (AT unless said)
+        alpha = (config.get("weighting") or {}).get("alpha")
+        label = "margin_exp" + ("" if base == "AT" else f"-{base}") + (f" (alpha={alpha:g})" if isinstance(
+            alpha, (int, float)) else "")
     elif scheme != "none":
         label = f"{SCHEME_LABEL.get(scheme, scheme)}-{base}"
     else:
@@ -75,26 +93,43 @@ def _method_varies(varying: list[str]) -> bool:
     return any(k in METHOD_KEYS for k in varying)
 
 
+# Group choices the method name already says (VIR-TRADES-AWP): no column of their own beside it.
+NAMED_BY_METHOD = ("defense", "weighting", "attack", "minimizer")
+
+
 def label_keys(varying: list[str]) -> list[str]:
-    """The row-label columns: a ``method`` column (AT, FAT, MAIL-AT ...) first when rows are presets."""
-    return ["method", *varying] if "experiment" in varying else list(varying)
+    """The row-label columns: a ``method`` column (AT, FAT, MAIL-AT ...) first when the method varies,
+    in place of the raw group choices it names."""
+    if not _method_varies(varying):
+        return list(varying)
+    return ["method", *(k for k in varying if k not in NAMED_BY_METHOD)]
 
 
 def group_jobs(jobs: list[Job]) -> tuple[list[Group], list[str], list[str]]:
-    """Groups sorted numerically; the override keys that vary across groups; the common ones."""
-    groups: dict[tuple, Group] = {}
+    """Groups (one per config that ran) sorted numerically; the label keys that vary across groups
+    (the typed overrides, plus config keys where typed ones cannot tell two groups apart); the common ones."""
+    groups: dict[str, Group] = {}
     for job in jobs:
-        key = tuple((override_key(o), override_value(o)) for o in job.overrides
-                    if not override_key(o).startswith("hydra") and not matches(override_key(o), NOT_IDENTITY))
-        groups.setdefault(tuple(sorted(key)), Group(tuple(sorted(key)))).jobs.append(job)
-    keys = list(dict.fromkeys(k for g in groups for k, _ in g))
-    varying = [k for k in keys if len({dict(g).get(k) for g in groups}) > 1]
-    common = [f"{k}={dict(next(iter(groups)))[k]}" for k in keys if k not in varying and groups]
+        key = identity(job.config)
+        labels = {override_key(o): override_value(o) for o in job.overrides
+                  if not override_key(o).startswith("hydra") and not matches(override_key(o), NOT_IDENTITY)}
+        groups.setdefault(key, Group(key, labels)).jobs.append(job)
+    keys = list(dict.fromkeys(k for g in groups.values() for k in g.labels))
+    varying = [k for k in keys if len({g.labels.get(k) for g in groups.values()}) > 1]
+    if len({tuple(g.label(varying).values()) for g in groups.values()}) < len(groups):
+        # same command line, different experiments (e.g. two resumed runs): name what differs in the config
+        leaves = {g.key: _leaves(without(g.jobs[0].config, NOT_IDENTITY)) for g in groups.values()}
+        all_keys = list(dict.fromkeys(k for lv in leaves.values() for k in lv))
+        differ = [k for k in all_keys if len({str(lv.get(k)) for lv in leaves.values()}) > 1 and k not in varying]
+        for g in groups.values():
+            g.labels.update({k: leaves[g.key].get(k, "") for k in differ})
+        varying += differ
+    common = [f"{k}={next(iter(groups.values())).labels[k]}" for k in keys if k not in varying and groups]
     by_method = _method_varies(varying)
 
     def order(g: Group) -> tuple:
         first = method_rank(g.jobs[0].config) if by_method and g.jobs else ()
-        return (first, *(_sort_value(dict(g.key).get(k, "")) for k in varying))
+        return (first, *(_sort_value(g.labels.get(k, "")) for k in varying))
 
     return sorted(groups.values(), key=order), varying, common
 
@@ -143,8 +178,8 @@ def _attack_kind(name: str, proto: dict) -> str:
     return next((k for k in ("apgd_ce", "autoattack", "mde", "fmn", "fgsm", "cw", "pgd") if low.startswith(k)), "")
 
 
-def job_columns(res: dict, label_last: bool = False) -> list[tuple[str, float, tuple]]:
-    """(column, accuracy in %, sort key) for one results.json. A results.json of
+def job_columns(res: dict, label_last: bool = False) -> list[tuple[str, float, tuple, tuple[str, str]]]:
+    """(column, accuracy in %, sort key, (title, budget)) for one results.json. A results.json of
     ``eval.checkpoint=both`` gives a ``best ...`` and a ``last ...`` column per number; a single-
     checkpoint one is prefixed when it scored best.pt (or last.pt, where ``label_last``)."""
     if "checkpoints" in res:
@@ -154,24 +189,45 @@ def job_columns(res: dict, label_last: bool = False) -> list[tuple[str, float, t
     return _columns(res, "best " if kind == "best" else "last " if label_last else "")
 
 
-def _columns(res: dict, prefix: str) -> list[tuple[str, float, tuple]]:
+# How the papers head their columns (VIR Table 1, MAIL Table 2, EWAT Table 2, Zeng et al.)
+_TITLE = {"fgsm": "FGSM", "apgd_ce": "APGD-CE", "cw": "CW", "autoattack": "AA", "mde": "MDE"}
+
+
+def _title(kind: str, name: str, proto: dict) -> str:
+    if kind in ("pgd", "fmn") and proto.get("steps"):
+        return f"{kind.upper()}-{proto['steps']}"
+    return _TITLE.get(kind, name)
+
+
+def _columns(res: dict, prefix: str) -> list[tuple[str, float, tuple, tuple[str, str]]]:
     c = _CKPT_RANK[prefix.strip()]
-    out = [(prefix + "clean", 100 * res["clean"]["accuracy"], (0, 0, "", c))]
+    tail = f" ({prefix.strip()})" if prefix else ""
+    out = [(prefix + "clean", 100 * res["clean"]["accuracy"], (0, 0, "", c), ("Clean" + tail, ""))]
     for name, e in res.get("attacks", {}).items():
         proto = e.get("protocol", {})
         kind = _attack_kind(name, proto)
         steps = int(proto.get("steps", 0) or 0) if kind in ("pgd", "cw") else 0
         rank = (_KIND_RANK[kind], steps, "", c) if kind else (8, 0, "", c)
-        out.append((f"{prefix}{name} ({budget(proto)})", 100 * e["robust_accuracy"], rank))
+        out.append((f"{prefix}{name} ({budget(proto)})", 100 * e["robust_accuracy"], rank,
+                    (_title(kind, name, proto) + tail, budget(proto))))
     if "worst_case" in res:
-        out.append((prefix + "worst case", 100 * res["worst_case"]["robust_accuracy"], (9, 0, "", c)))
+        out.append((prefix + "worst case", 100 * res["worst_case"]["robust_accuracy"], (9, 0, "", c),
+                    ("Worst case" + tail, "per example, over the attacks")))
     nu = res.get("nonuniform")
     if nu:
-        out.append((prefix + "A_rob", 100 * nu["A_rob"], (10, 0, "", c)))
+        out.append((prefix + "A_rob", 100 * nu["A_rob"], (10, 0, "", c), ("A_rob" + tail, "")))
         for a in sorted(nu.get("alpha_test", {}), key=float):
-            out.append((f"{prefix}A_sa@{float(a):g}", 100 * nu["alpha_test"][a]["A_sa"], (11, float(a), "sa", c)))
-            out.append((f"{prefix}A_tr@{float(a):g}", 100 * nu["alpha_test"][a]["A_tr"], (11, float(a), "tr", c)))
+            for m in ("A_sa", "A_tr"):
+                out.append((f"{prefix}{m}@{float(a):g}", 100 * nu["alpha_test"][a][m], (11, float(a), m[2:], c),
+                            (f"{m} (α={float(a):g})" + tail, "")))
     return out
+
+
+def titles_of(columns: list[str], found: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """Readable, unique headers: ``PGD-20``, ``AA``, ``A_sa (α=1)``; the budget added where two share one."""
+    short = {c: found[c][0] for c in columns}
+    clash = {t for t in short.values() if list(short.values()).count(t) > 1}
+    return {c: f"{t} [{found[c][1]}]" if t in clash and found[c][1] else t for c, t in short.items()}
 
 
 def paper_metrics(paper: dict, columns: list[str]) -> dict[str, float]:
@@ -195,7 +251,8 @@ def paper_metrics(paper: dict, columns: list[str]) -> dict[str, float]:
 
 def _paper_of(group: Group, varying: list[str]) -> dict | None:
     """A group compares with the paper only when it *is* the preset (nothing else changed, no debug)."""
-    keys = {k for k, _ in group.key}
+    keys = {override_key(o) for o in group.jobs[0].overrides
+            if not override_key(o).startswith("hydra") and not matches(override_key(o), NOT_IDENTITY)}
     papers = [j.config.get("paper") for j in group.jobs]
     if not papers or any(p is None or p != papers[0] for p in papers):
         return None
@@ -213,10 +270,12 @@ class Row:
     paper_source: str | None = None
 
 
-def build_rows(groups: list[Group], varying: list[str]) -> tuple[list[Row], list[str]]:
-    """One row per group (in the groups' order); columns in the papers' order (``_columns``)."""
+def build_rows(groups: list[Group], varying: list[str]) -> tuple[list[Row], list[str], dict[str, tuple[str, str]]]:
+    """One row per group (in the groups' order); columns in the papers' order (``_columns``); each
+    column's (title, budget)."""
     per_group = []
     ranks: dict[str, tuple] = {}
+    found: dict[str, tuple[str, str]] = {}
     label_last = any("checkpoints" in j.results for g in groups for j in g.jobs if j.results)
     for g in groups:
         done = [j for j in g.jobs if j.results]
@@ -225,9 +284,10 @@ def build_rows(groups: list[Group], varying: list[str]) -> tuple[list[Row], list
         ms = []
         for j in done:
             cols = job_columns(j.results, label_last)
-            for col, _, rank in cols:
+            for col, _, rank, title in cols:
                 ranks.setdefault(col, rank)
-            ms.append({col: v for col, v, _ in cols})
+                found.setdefault(col, title)
+            ms.append({col: v for col, v, _, _ in cols})
         per_group.append((g, done, ms))
     # attacks no table shares (logit scaling, Square, SPSA) keep the results' order, best before last
     base = {c: c.split(" ", 1)[1] if c.startswith(("best ", "last ")) else c for c in ranks}
@@ -251,5 +311,5 @@ def build_rows(groups: list[Group], varying: list[str]) -> tuple[list[Row], list
         if "method" in label_keys(varying):
             label = {"method": method_label(done[0].config), **label}
         rows.append(Row(label, len(done), seeds, stats, (paper or {}).get("source") if paper_vals else None))
-    return rows, columns
+    return rows, columns, found
 
