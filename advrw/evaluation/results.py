@@ -13,10 +13,11 @@ log = logging.getLogger(__name__)
 
 
 def figures(run_dir: Path, results: dict, arrays: dict, classes: list[str]) -> list[Path]:
-    """PNGs for people who do not use W&B; returns the written paths."""
+    """PNGs for people who do not use W&B, in ``<run>/figures/``; returns the written paths."""
     from advrw.evaluation import plots  # deferred: matplotlib, only when figures are made
 
     out = []
+    run_dir = run_dir / "figures"  # beside the records, not among them
     attacks = results.get("attacks", {})
     for name in attacks:
         cm = arrays["confusion"][name]

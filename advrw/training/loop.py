@@ -172,7 +172,7 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
             from advrw.evaluation import plots  # deferred: matplotlib, only when figures are made
 
             plots.plot_class_weight_sums(torch.tensor(state.class_sums), data.classes,
-                                         run_dir / "class_weight_sums.png")
+                                         run_dir / "figures" / "class_weight_sums.png")
         except Exception as err:
             log.warning("class weight figure failed: %s", err)
     results = final_eval(cfg, model, data, run_dir, runlog, eval_subset, runtime=info["runtime"])

@@ -268,6 +268,7 @@ class Row:
     seeds: list
     stats: dict  # column -> (mean, std or None, n, paper or None)
     paper_source: str | None = None
+    config: dict = field(default_factory=dict)  # one job's config that ran (what the figures split by)
 
 
 def build_rows(groups: list[Group], varying: list[str]) -> tuple[list[Row], list[str], dict[str, tuple[str, str]]]:
@@ -310,6 +311,7 @@ def build_rows(groups: list[Group], varying: list[str]) -> tuple[list[Row], list
         label = g.label(varying)
         if "method" in label_keys(varying):
             label = {"method": method_label(done[0].config), **label}
-        rows.append(Row(label, len(done), seeds, stats, (paper or {}).get("source") if paper_vals else None))
+        rows.append(Row(label, len(done), seeds, stats, (paper or {}).get("source") if paper_vals else None,
+                        done[0].config))
     return rows, columns, found
 
