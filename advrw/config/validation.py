@@ -30,6 +30,7 @@ from advrw.methods.awp import validate_minimizer
 from advrw.evaluation.bestlast import validate_checkpoint_choice
 from advrw.data.mixed import validate_extra
 from advrw.data.subsets import RULES as SUBSET_RULES
+from advrw.core import checkpoints as ckpt_io
 from advrw.core.errors import AdvrwError
 from advrw.core.hardware import resolve_device, validate_runtime
 from advrw.core.keys import CHECKPOINT_CHOICES, INVOCATION_KEYS, as_list, override_key
@@ -442,5 +443,5 @@ def preflight(config_name: str, cfg: DictConfig) -> None:
             kinds = [cfg.eval.checkpoint] if cfg.eval.checkpoint in ("last", "best") else ["last", "best"]
             p = next((p / f"{k}.pt" for k in kinds if (p / f"{k}.pt").is_file()), p / f"{kinds[0]}.pt")
         if not p.is_file():
-            raise AdvrwError(f"ckpt={cfg.ckpt} does not exist" + (f" (looked for {p})" if p != Path(str(cfg.ckpt)) else ""))
+            raise AdvrwError(ckpt_io.missing(cfg.ckpt, p))
         _readable_checkpoint(p, "ckpt")

@@ -97,6 +97,16 @@ def remove_stale_temps(run_dir: Path) -> list[Path]:
     return removed
 
 
+def missing(ckpt, path: Path) -> str:
+    """Why ``ckpt=`` names no file: a run without a validation split has no best.pt, and says so."""
+    path = Path(path)
+    if path.name == "best.pt" and (path.parent / "last.pt").is_file():
+        return (f"ckpt={ckpt} has no best.pt: best.pt is chosen on a validation split and this run trained "
+                "without one (dataset.val_size=0); score last.pt with eval.checkpoint=last, or train with "
+                "dataset.val_size=1000")
+    return f"ckpt={ckpt} does not exist" + (f" (looked for {path})" if path != Path(str(ckpt)) else "")
+
+
 def read(path: str | Path) -> dict:
     """Load a checkpoint file onto the CPU; one-line AdvrwError when missing or unreadable."""
     path = Path(path)
