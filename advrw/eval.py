@@ -27,7 +27,7 @@ from advrw.core.hardware import resolve_device, seed_everything
 from advrw.core.errors import AdvrwError
 from advrw.core.exits import guarded, launch
 from advrw.core.keys import override_key
-from advrw.records.provenance import git_commit
+from advrw.records.provenance import git_state, job_command
 from advrw.records.runlog import RunLog
 from advrw.data import build_data, subsets
 from advrw.models import build_model
@@ -61,6 +61,7 @@ def effective_config(cfg: DictConfig, saved: dict | None) -> DictConfig:
             if key.startswith(group + "."):
                 OmegaConf.update(merged, key[len(group) + 1:], OmegaConf.select(cfg, key), force_add=True)
         cfg[group] = merged
+    _whole_test_split(cfg, saved["config"], overrides)
     trained = bool(saved["config"].get("dataset", {}).get("normalize", False))
     now = bool(cfg.dataset.get("normalize", False))
     if trained != now:
@@ -69,6 +70,19 @@ def effective_config(cfg: DictConfig, saved: dict | None) -> DictConfig:
                          f"dataset.normalize={str(now).lower()}: drop the override or set "
                          f"dataset.normalize={str(trained).lower()}")
     return cfg
+
+
+def _whole_test_split(cfg: DictConfig, trained: dict, overrides: list[str]) -> None:
+    """Score the whole test split unless told otherwise: a training run's ``dataset.n_test`` subset (a
+    quick check's 200 images) is not inherited silently, and the choice is said either way."""
+    n_test = (trained.get("dataset") or {}).get("n_test")
+    if any(override_key(o) in ("dataset", "dataset.n_test") for o in overrides) or n_test is None:
+        return
+    if cfg.dataset.get("name") == "synthetic":  # its n_test is the size of the generated test split itself
+        return
+    cfg.dataset.n_test = None
+    log.info("scoring the whole test split (the run trained with dataset.n_test=%s; set dataset.n_test=%s "
+             "to score that subset instead)", n_test, n_test)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -92,7 +106,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     model.to(device).eval()
     kind = path.stem if path.stem in ("best", "last") else "state_dict" if not is_advrw else "checkpoint"
     config = OmegaConf.to_container(cfg, resolve=True)
-    info = {"git_commit": git_commit(), "command": " ".join(sys.argv), "checkpoint": str(path),
+    git = git_state()
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
+    info = {"git_commit": git["commit"], "git_dirty": git["dirty"], "git_diff_sha1": git["diff_sha1"],
+            "command": job_command("advrw.eval", overrides), "checkpoint": str(path.resolve()),
             "checkpoint_kind": kind, "epoch": obj.get("epoch") if is_advrw else None,
             "runtime": hardware.eval_runtime(device)}
     write_json(run_dir / "run_info.json", info)
@@ -112,7 +129,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     def protocol_of(kind, p, state):
         out = {"checkpoint": bestlast.protocol(kind, p, state) if is_advrw else
-               {"path": str(p), "kind": kind, "epoch": info["epoch"]},
+               {"path": str(Path(p).resolve()), "kind": kind, "epoch": info["epoch"]},
                "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test", "eval": cfg.eval.name,
                "subsets": {**data.subsets, "eval": picked}, "runtime": info["runtime"]}
         if is_advrw:

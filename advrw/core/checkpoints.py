@@ -37,6 +37,8 @@ def resolve(spec, kind: str = "last", key: str = "ckpt") -> Path:
     given = Path(str(spec)).expanduser()
     p = given / f"{kind}.pt" if given.is_dir() else given
     if not p.is_file():
+        if p.name == "best.pt" and (p.parent / "last.pt").is_file():
+            raise AdvrwError(missing(spec, p, key))
         raise AdvrwError(f"{key}={spec} has no checkpoint: {p} does not exist (expected a run dir with {kind}.pt "
                          "or a .pt file)")
     return p
@@ -129,6 +131,16 @@ def rng_state(generator: torch.Generator | None) -> dict:
     if generator is not None:
         state["generator"] = generator.get_state()
     return state
+
+
+def missing(ckpt, path: Path, key: str = "ckpt") -> str:
+    """Why ``ckpt=`` names no file: a run without a validation split has no best.pt, and says so."""
+    path = Path(path)
+    if path.name == "best.pt" and (path.parent / "last.pt").is_file():
+        return (f"{key}={ckpt} has no best.pt: best.pt is chosen on a validation split and this run trained "
+                "without one (dataset.val_size=0); score last.pt with eval.checkpoint=last, or train with "
+                "dataset.val_size=1000")
+    return f"{key}={ckpt} does not exist" + (f" (looked for {path})" if path != Path(str(ckpt)) else "")
 
 
 def restore_rng(state: dict, generator: torch.Generator | None) -> None:

@@ -25,7 +25,7 @@ def kinds(choice: str) -> list[str]:
 
 def protocol(kind: str, path: Path, state: dict) -> dict:
     """``protocol.checkpoint`` of one scored checkpoint; best's says how it was chosen."""
-    out = {"path": str(path), "kind": kind, "epoch": state.get("epoch")}
+    out = {"path": str(Path(path).resolve()), "kind": kind, "epoch": state.get("epoch")}
     if kind == "best" and "config" in state:
         ds = state["config"].get("dataset", {})
         out["selected_on"] = {"split": "validation", "metric": "val_robust (PGD, see config.validation)",

@@ -26,7 +26,7 @@ from advrw.evaluation.runner import as_float, final_eval
 from advrw.evaluation.suite import predict, white_box
 from advrw.methods import ema as weight_avg
 from advrw.records.identity import hydra_swept, logger_settings
-from advrw.records.provenance import git_commit
+from advrw.records.provenance import git_state, job_command, record_continuation
 from advrw.records.runlog import RunLog
 from advrw.training.build import build_model_for, optimizer_and_scheduler, step_spec
 from advrw.training.lifecycle import RunState
@@ -84,15 +84,24 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
     resumed = state.resumed
     if resumed is not None:  # the run's groups are the checkpoint's, except the ones a resume may change
         choices = {**resumed.get("choices", {}), **{k: v for k, v in choices.items() if k in RESUME_MUTABLE}}
-    info = {"seed": int(cfg.seed), "git_commit": git_commit(), "command": " ".join(sys.argv),
-            "choices": choices, "torch": str(torch.__version__), "python": platform.python_version(),
-            "device": str(device), "resumed_from": resumed and resumed["path"], "start_epoch": state.start_epoch,
-            "runtime": runtime.record()}
+    git = git_state()
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
+    source = resumed and Path(resumed["path"]).resolve().parent
+    info = {"seed": int(cfg.seed), "git_commit": git["commit"], "git_dirty": git["dirty"],
+            "git_diff_sha1": git["diff_sha1"], "command": job_command("advrw.train", overrides),
+            "launched_with": " ".join(sys.argv), "choices": choices, "torch": str(torch.__version__),
+            "python": platform.python_version(), "device": str(device),
+            "resumed_from": resumed and str(Path(resumed["path"]).resolve()), "start_epoch": state.start_epoch,
+            "continues": str(source) if source and source != run_dir.resolve() else None,
+            "runtime": runtime.record(), "config": config}
     state.attach(model, opt, sched, gen, data, config=config, choices=choices, info=info, spec=spec)
     write_json(run_dir / "run_info.json", info)
+    if info["continues"]:  # lineage both ways: the continued run points here (advrw.report follows it)
+        record_continuation(source, run_dir)
     logger_cfg, run_name = logger_settings(config["logger"], config, run_dir, "train",
                                            resumed and resumed.get("wandb"), hydra_swept())
-    runlog = RunLog(run_dir, logger_cfg, {**config, "run_info": info}, name=run_name)
+    runlog = RunLog(run_dir, logger_cfg, {**config, "run_info": {k: v for k, v in info.items() if k != "config"}},
+                    name=run_name)
     state.extra["wandb"] = runlog.identity()  # a resume continues this W&B run
     log.info("run dir %s | %s + %s on %s/%s | device %s | git %s", run_dir, cfg.defense.name, cfg.weighting.name,
              cfg.dataset.name, cfg.model.name, device, info["git_commit"])
@@ -159,7 +168,7 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
                              between_attacks=guard.between_attacks)
         guard.defer("the figures", "figures")
         if state.class_sums and cfg.eval.plots:
-            class_weight_figure(state.class_sums, data.classes, run_dir / "class_weight_sums.png")
+            class_weight_figure(state.class_sums, data.classes, run_dir / "figures" / "class_weight_sums.png")
         guard.check()
     except Interrupted:
         (run_dir / "results.json").unlink(missing_ok=True)  # not complete: a resume finishes it
