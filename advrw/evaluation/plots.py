@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from advrw.core.errors import AdvrwError
+from advrw.core.files import atomic_write
 from advrw.evaluation.metrics import histogram
 
 __all__ = ["plot_class_weight_sums", "plot_confusion", "plot_entropy_hist", "plot_per_class",
@@ -54,7 +55,8 @@ def _save(fig: Figure, path) -> Path:
         raise AdvrwError(f"path={str(path)!r} is invalid: plots are written as .png files")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, format="png")
+    with atomic_write(out, "figure") as f:  # never a partial PNG (disk full: one line, exit 4)
+        fig.savefig(f, format="png")
     fig.clf()  # drop artists now; the Figure itself is garbage once we return
     return out
 
