@@ -153,8 +153,8 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
         if state.class_sums and cfg.eval.plots:
             class_weight_figure(state.class_sums, data.classes, run_dir / "class_weight_sums.png")
         guard.check()
-    except Interrupted:
-        (run_dir / "results.json").unlink(missing_ok=True)  # not complete: a resume finishes it
+    except (Interrupted, CheckpointWriteError):  # a signal or a full disk: a resume finishes the evaluation
+        (run_dir / "results.json").unlink(missing_ok=True)  # and its figures (results.json marks it complete)
         raise
     guard.defer("W&B finishing", "finish")
     runlog.finish()
