@@ -274,3 +274,16 @@ def test_a_full_disk_in_the_final_evaluation_and_under_eval(full_run, tmp_path):
         assert not [p for p in out.rglob("*") if p.is_file() and (p.suffix == ".tmp" or p.stat().st_size == 0)]
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_submitit_job_stopped_by_sigterm_is_one_line_per_job(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    proc = cli("train", "-m", *COMMON, "seed=0,1", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}",
+               cwd=tmp_path, env={"ADVRW_FAULT_SIGNAL": "SIGTERM@1:2"})
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and len(lines) == 2, proc.stderr[-3000:]
+    for job, line in zip(("0", "1"), lines):
+        assert f"job {job} stopped by SIGTERM" in line and f"resume={sweep / job}" in line
