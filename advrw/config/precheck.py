@@ -117,7 +117,8 @@ def check_output_dir(overrides: list[str], multirun: bool, resume: str | None) -
         fail(f"output dir {str(target)!r} is not writable: pick another hydra.{'sweep' if multirun else 'run'}.dir")
     if explicit and not multirun and target.is_dir():
         found = [m for m in RUN_MARKERS if (target / m).exists()]
-        if found and not (resume and Path(resume).resolve() in (target.resolve(), (target / "last.pt").resolve())):
+        # records without a checkpoint: a run killed inside its first save, started again in place
+        if found and found != ["metrics.jsonl"] and not (resume and Path(resume).resolve() in (target.resolve(), (target / "last.pt").resolve())):
             fail(f"hydra.run.dir={explicit} already holds a run ({', '.join(found)}): pass resume={explicit} "
                  "to continue it, or choose a new dir (nothing was changed)")
 

@@ -281,6 +281,9 @@ def validate_eval(cfg: DictConfig) -> None:
     ev = cfg.eval
     for name, spec in (ev.attacks or {}).items():
         registry.validate(f"eval.attacks.{name}", spec, ev.eps)  # each kind's rules (advrw/attacks/registry.py)
+    if ev.get("only") is not None and not as_list(ev.only):
+        raise AdvrwError(f"eval.only=[] is invalid: name at least one attack of eval={ev.name} "
+                         f"({', '.join(ev.attacks or {})}) or set eval.only=null for all of them")
     for name in as_list(ev.get("only")):
         if name not in (ev.attacks or {}):
             raise AdvrwError(f"eval.only names attack {name!r}, which eval={ev.name} does not have: "
@@ -308,6 +311,10 @@ def validate_train(cfg: DictConfig) -> None:
     validate_schedule(cfg)
     # the per-epoch validation attack uses attack.eps: report its own keys, not attack.*
     check_budget(a.eps, cfg.validation.step, cfg.validation.steps, prefix="validation")
+    n_train, bs = cfg.dataset.get("n_train"), cfg.schedule.batch_size
+    if isinstance(n_train, int) and bs > n_train - int(cfg.dataset.val_size or 0):
+        raise AdvrwError(f"schedule.batch_size={bs} is invalid: must be in 1..{n_train - int(cfg.dataset.val_size or 0)}"
+                         f", the training set's size (dataset.n_train={n_train} minus dataset.val_size)")
     n_val = cfg.validation.get("n")
     if n_val is not None and cfg.dataset.val_size and n_val > cfg.dataset.val_size:
         raise AdvrwError(f"validation.n={n_val} is invalid: must be <= dataset.val_size ({cfg.dataset.val_size})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from advrw.core.errors import CheckpointWriteError
 from advrw.core.files import write_json
 from advrw.records.runlog import RunLog
 from advrw.evaluation.suite import table
@@ -81,6 +82,8 @@ def write_report(run_dir: Path, results: dict, arrays: dict, classes: list[str],
         try:
             paths = figures(run_dir, results, arrays, classes)
             log.info("figures: %s", ", ".join(p.name for p in paths))
+        except CheckpointWriteError:  # disk full / read-only: one line naming the PNG, exit 4
+            raise
         except Exception as err:  # a plotting failure must not lose the numbers already written
             log.warning("figures failed: %s: %s", type(err).__name__, err)
     if runlog is not None:

@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from advrw.config.validation import validate_train
 from advrw.core import hardware
-from advrw.core.errors import Interrupted
-from advrw.core.files import check_writable, write_error, write_json
+from advrw.core.errors import CheckpointWriteError, Interrupted
+from advrw.core.files import check_writable, write_json
 from advrw.core.hardware import resolve_device, seed_everything
 from advrw.core.keys import RESUME_MUTABLE
 from advrw.data import DeviceBatches, build_data, subsets
@@ -72,6 +72,7 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     data = build_data(cfg.dataset, device)
     eval_subset = subsets.eval_subset(data.test_y, cfg.eval)  # checked now, not after training
+    state.check_batches(len(data.train_y))
     model = build_model_for(cfg, data, device, runtime.channels_last)
     step_model = hardware.compile_model(model, runtime)  # checkpoints keep saving the eager `model`
     s = cfg.schedule
@@ -137,6 +138,7 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
         lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with
         sched.step()
         record = sums.record(epoch, lr, burn_in)
+        state.check_weights(epoch, record)
         if runtime.compile and epoch == state.start_epoch:
             hardware.report_compile(info, run_dir / "run_info.json", record["epoch_time_s"])
         state.class_sums.append(record["class_weight_sum"])
@@ -170,8 +172,8 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
         if state.class_sums and cfg.eval.plots:
             class_weight_figure(state.class_sums, data.classes, run_dir / "figures" / "class_weight_sums.png")
         guard.check()
-    except Interrupted:
-        (run_dir / "results.json").unlink(missing_ok=True)  # not complete: a resume finishes it
+    except (Interrupted, CheckpointWriteError):  # a signal or a full disk: a resume finishes the evaluation
+        (run_dir / "results.json").unlink(missing_ok=True)  # and its figures (results.json marks it complete)
         raise
     guard.defer("W&B finishing", "finish")
     runlog.finish()
@@ -184,8 +186,7 @@ def class_weight_figure(sums: list, classes: list[str], path: Path) -> None:
         from advrw.evaluation import plots  # deferred: matplotlib, only when figures are made
 
         plots.plot_class_weight_sums(torch.tensor(sums), classes, path)
+    except CheckpointWriteError:  # disk full: one line naming the PNG, exit 4
+        raise
     except Exception as err:  # a figure must not lose the run (a signal is a BaseException: not caught)
-        write = write_error(err, path)
-        if write is not None:
-            raise write from None
         log.warning("class weight figure failed: %s", err)
