@@ -28,6 +28,30 @@ def test_eval_writes_results_and_figures(run_cli, tmp_path, trained_run):
         assert (out / png).stat().st_size > 1000, png
 
 
+def _structure(value):
+    """Keys and leaf types of a JSON value (list items by the first one's structure)."""
+    if isinstance(value, dict):
+        return {k: _structure(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return ["list", _structure(value[0]) if value else None]
+    return type(value).__name__
+
+
+def test_both_clis_write_the_same_protocol_structure(run_cli, tmp_path, trained_run):
+    """The trained run's results.json (train's final evaluation) and advrw.eval on its last.pt with
+    the same eval config: the same protocol, key by key and type by type (one runner)."""
+    out = tmp_path / "same"
+    ok(run_cli("eval", f"ckpt={trained_run / 'last.pt'}", "eval=quick", "logger=none", f"hydra.run.dir={out}"))
+    train_p, eval_p = results(trained_run)["protocol"], results(out)["protocol"]
+    assert set(train_p) == set(eval_p), set(train_p) ^ set(eval_p)
+    for key in train_p:
+        assert _structure(train_p[key]) == _structure(eval_p[key]), key
+    assert isinstance(eval_p["minimizer"], dict) and eval_p["minimizer"] == train_p["minimizer"]
+    for key in ("checkpoint", "model", "dataset", "defense", "weighting", "train_seed", "eval", "subsets", "n_eval"):
+        assert train_p[key] == eval_p[key], key
+    assert results(out)["attacks"]["pgd20"] == results(trained_run)["attacks"]["pgd20"]
+
+
 def test_eval_best_checkpoint_and_plain_state_dict(run_cli, tmp_path, trained_run):
     ok(run_cli("eval", f"ckpt={trained_run}", "eval=quick", "eval.checkpoint=best", "logger=none",
                f"hydra.run.dir={tmp_path / 'best'}"))

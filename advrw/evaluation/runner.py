@@ -1,19 +1,44 @@
-"""One evaluation runner for both CLIs: the suite on the test split for the configured checkpoints."""
+"""One evaluation runner for both CLIs: the suite on the test split for the configured checkpoints.
+
+``final_eval`` (the end of ``advrw.train``) and ``eval_checkpoint`` (``advrw.eval``, after it
+merged the command line with the checkpoint's config) share the protocol record, the scoring of
+last / best / both and the report, so the same checkpoint and eval config give a ``results.json``
+with the same protocol structure from either CLI.
+
+Each attack of the final evaluation is a resumable unit: after it finishes, its result (and what
+the figures need) goes to ``final_eval.partial.json`` in the run dir (written whole) before
+``between_attacks()`` runs (training's signal check). A resumed run reuses the units recorded for
+the same eval config and checkpoint, so it continues from the first attack not done and ends with
+the numbers and figures of an uninterrupted run. The file is removed once results.json is written.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 from omegaconf import OmegaConf
 
 from advrw.core import checkpoints as ckpt_io
 from advrw.core import hardware
+from advrw.core.errors import AdvrwError
+from advrw.core.files import jsonable, write_json
+from advrw.data import build_data, subsets
 from advrw.evaluation import bestlast
 from advrw.evaluation.results import write_report
 from advrw.evaluation.suite import run_suite
 from advrw.methods.awp import spec_fields as awp_spec_fields
+from advrw.models import build_model
+from advrw.records.identity import eval_logger_settings
+from advrw.records.provenance import git_commit
 from advrw.records.runlog import RunLog
+
+log = logging.getLogger(__name__)
+PARTIAL = "final_eval.partial.json"
 
 
 @torch.no_grad()
@@ -21,27 +46,155 @@ def as_float(x_uint8):
     return x_uint8.float().div_(255)
 
 
-def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, subset: tuple, runtime: dict | None = None) -> dict:
-    """The evaluation suite on the test set with the configured checkpoint (last, best or both)."""
+def read_checkpoint(path: Path) -> dict:
+    """Every checkpoint read of an evaluation goes through here (one place for the trust option)."""
+    return ckpt_io.read(path)
+
+
+def is_advrw(obj) -> bool:
+    return isinstance(obj, dict) and "config" in obj and "model" in obj
+
+
+def checkpoint_path(ckpt: str, kind: str) -> Path:
+    p = Path(str(ckpt)).expanduser()
+    if p.is_dir():
+        p = p / f"{kind}.pt"
+    if not p.is_file():
+        raise AdvrwError(f"ckpt={ckpt} does not exist" + (f" (looked for {p})" if p != Path(str(ckpt)) else ""))
+    return p
+
+
+def cli_checkpoint(cfg) -> tuple[Path, dict]:
+    """``advrw.eval``'s ``ckpt=`` (a run dir or a file) and ``eval.checkpoint``: the file and its contents."""
+    path = (checkpoint_path(bestlast.run_dir_for_both(cfg.ckpt), "last") if cfg.eval.checkpoint == "both"
+            else checkpoint_path(cfg.ckpt, cfg.eval.checkpoint))
+    return path, read_checkpoint(path)
+
+
+def protocol_of(cfg, kind: str, path: Path, state: dict, subsets_record: dict, runtime: dict) -> dict:
+    """``results.json``'s ``protocol`` additions for one scored checkpoint; training's settings come
+    from the checkpoint's own config, so both CLIs write the same structure."""
+    out = {"checkpoint": bestlast.protocol(kind, path, state) if is_advrw(state) else
+           {"path": str(path), "kind": kind, "epoch": None},
+           "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test", "eval": cfg.eval.name,
+           "subsets": subsets_record, "runtime": runtime}
+    if is_advrw(state):
+        tc = OmegaConf.create(state["config"])
+        out.update({"defense": tc.defense.name, "weighting": tc.weighting.name, "train_seed": int(tc.seed),
+                    "minimizer": awp_spec_fields(tc),
+                    "train_runtime": (state.get("run_info") or {}).get("runtime")})
+    return out
+
+
+class _Partial:
+    """The finished units of an interrupted final evaluation, keyed by checkpoint kind."""
+
+    def __init__(self, run_dir: Path, ev: dict, enabled: bool):
+        self.path, self.key, self.units = Path(run_dir) / PARTIAL, jsonable(ev), {}
+        if enabled and self.path.is_file():
+            try:
+                saved = json.loads(self.path.read_text())
+            except (OSError, ValueError) as err:
+                log.warning("ignoring %s (%s): the final evaluation starts over", self.path, err)
+                return
+            if saved.get("eval") == self.key:
+                self.units = saved.get("units", {})
+                log.info("resuming the final evaluation: %s already done", ", ".join(self.units) or "nothing")
+            else:
+                log.info("%s was made with another eval config: the final evaluation starts over", self.path.name)
+
+    def done(self, tag: str) -> dict:
+        return {name[len(tag) + 1:]: rec for name, rec in self.units.items() if name.startswith(tag + "/")}
+
+    def save(self, tag: str, name: str, record: dict) -> None:
+        self.units[f"{tag}/{name}"] = record
+        write_json(self.path, {"eval": self.key, "units": self.units})
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def score_and_report(cfg, model, x, y, data, run_dir: Path, runlog: RunLog | None, checkpoints, load,
+                     protocol_fn, *, between_attacks: Callable[[], None] | None = None,
+                     resumable: bool = False) -> dict:
+    """Score each checkpoint with the suite, merge (bestlast), write results.json, figures, W&B."""
+    ev = OmegaConf.to_container(cfg.eval, resolve=True)
+    partial = _Partial(run_dir, ev, resumable)
+
+    def run(kind, state):
+        tag = f"{kind}@{state.get('epoch') if isinstance(state, dict) else None}"
+
+        def on_unit(name, record):
+            if resumable:
+                partial.save(tag, name, record)
+            if between_attacks is not None:
+                between_attacks()
+        return run_suite(model, x, y, ev, num_classes=data.num_classes, progress=bool(cfg.progress),
+                         done=partial.done(tag), on_unit=on_unit)
+
+    results, arrays = bestlast.score(checkpoints, load, run, protocol_fn)
+    write_report(run_dir, results, arrays, data.classes, runlog, plots=bool(cfg.eval.plots))
+    partial.clear()
+    return results
+
+
+def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, subset: tuple, runtime: dict | None = None,
+               between_attacks: Callable[[], None] | None = None) -> dict:
+    """Training's final evaluation on the test set with the configured checkpoint (last, best or both).
+
+    ``between_attacks`` runs after each attack, once its result is saved (see the module docstring)."""
     idx, picked = subset  # (indices, record) from advrw.data.subsets.eval_subset
     x, y = as_float(data.test_x[idx.to(data.test_x.device)]), data.test_y[idx.to(data.test_y.device)]
-    ev = OmegaConf.to_container(cfg.eval, resolve=True)
+    eval_runtime = hardware.eval_runtime(x.device, bool((runtime or {}).get("channels_last", False)))
+
     def load(path):
-        state = ckpt_io.read(path)
+        state = read_checkpoint(path)
         model.load_state_dict(state["model"])
         return state
 
-    def protocol_of(kind, path, state):
-        out = {"checkpoint": bestlast.protocol(kind, path, state), "model": cfg.model.name,
-               "dataset": cfg.dataset.name, "split": "test", "defense": cfg.defense.name,
-               "weighting": cfg.weighting.name, "eval": cfg.eval.name, "train_seed": int(cfg.seed),
-               "minimizer": awp_spec_fields(cfg), "subsets": {**data.subsets, "eval": picked}}
-        if runtime is not None:  # eval itself runs fp32 and eager on this machine; training's settings as resolved
-            out.update({"runtime": hardware.eval_runtime(x.device, runtime["channels_last"]), "train_runtime": runtime})
-        return out
+    checkpoints = [(kind, run_dir / f"{kind}.pt") for kind in bestlast.kinds(cfg.eval.checkpoint)]
+    return score_and_report(
+        cfg, model, x, y, data, run_dir, runlog, checkpoints, load,
+        lambda kind, path, state: protocol_of(cfg, kind, path, state, {**data.subsets, "eval": picked}, eval_runtime),
+        between_attacks=between_attacks, resumable=True)
 
-    results, arrays = bestlast.score(  # figures and W&B tables: the last scored (last with both)
-        [(kind, run_dir / f"{kind}.pt") for kind in bestlast.kinds(cfg.eval.checkpoint)], load,
-        lambda: run_suite(model, x, y, ev, num_classes=data.num_classes, progress=bool(cfg.progress)), protocol_of)
-    write_report(run_dir, results, arrays, data.classes, runlog, plots=bool(cfg.eval.plots))
+
+def eval_checkpoint(cfg, path: Path, obj: dict, run_dir: Path) -> dict:
+    """``advrw.eval``: build the data and model ``cfg`` names, load ``obj`` (read from ``path``) and
+    score it (best and last with ``eval.checkpoint=both``)."""
+    both = cfg.eval.checkpoint == "both"
+    device = hardware.resolve_device(cfg.device)
+    hardware.seed_everything(int(cfg.eval.seed), False)
+    data = build_data(cfg.dataset, device)
+    idx, picked = subsets.eval_subset(data.test_y, cfg.eval)
+    norm = (data.mean, data.std) if cfg.dataset.get("normalize") else (None, None)
+    model = build_model(cfg.model.name, data.num_classes, in_channels=data.channels, image_size=data.image_size,
+                        mean=norm[0], std=norm[1])
+    ckpt_io.load_model_state(model, ckpt_io.model_state(obj), str(path), cfg.model.name, data.num_classes)
+    model.to(device).eval()
+    advrw_ckpt = is_advrw(obj)
+    kind = path.stem if path.stem in ("best", "last") else "checkpoint" if advrw_ckpt else "state_dict"
+    config = OmegaConf.to_container(cfg, resolve=True)
+    info = {"git_commit": git_commit(), "command": " ".join(sys.argv), "checkpoint": str(path),
+            "checkpoint_kind": kind, "epoch": obj.get("epoch") if advrw_ckpt else None,
+            "runtime": hardware.eval_runtime(device)}
+    write_json(run_dir / "run_info.json", info)
+    logger_cfg, run_name, link = eval_logger_settings(config["logger"], config, run_dir, obj if advrw_ckpt else None)
+    runlog = RunLog(run_dir, logger_cfg, {**config, **link, "run_info": info}, name=run_name)
+    x, y = as_float(data.test_x[idx.to(data.test_x.device)]), data.test_y[idx.to(data.test_y.device)]
+    log.info("evaluating %s (%s, epoch %s) with eval=%s on %d %s test images, eps %.4g", path, kind,
+             info["epoch"], cfg.eval.name, len(idx), cfg.dataset.name, cfg.eval.eps)
+
+    def load(p):
+        if not both:  # the one checkpoint is in the model already
+            return obj
+        state = read_checkpoint(p)  # the model holds one checkpoint at a time
+        ckpt_io.load_model_state(model, ckpt_io.model_state(state), str(p), cfg.model.name, data.num_classes)
+        return state
+
+    checkpoints = [(k, path.parent / f"{k}.pt") for k in bestlast.kinds("both")] if both else [(kind, path)]
+    results = score_and_report(
+        cfg, model, x, y, data, run_dir, runlog, checkpoints, load,
+        lambda k, p, state: protocol_of(cfg, k, p, state, {**data.subsets, "eval": picked}, info["runtime"]))
+    runlog.finish()
     return results
