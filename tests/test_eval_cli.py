@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
 from conftest import ok, results
+from test_campaigns import wandb_records
 
 
 def test_eval_writes_results_and_figures(run_cli, tmp_path, trained_run):
@@ -102,3 +104,27 @@ def test_eval_missing_and_unreadable_checkpoint(run_cli, tmp_path):
     assert proc.returncode == 2 and "is unreadable" in proc.stderr
     proc = run_cli("eval", "logger=none")
     assert proc.returncode == 2 and "ckpt is required" in proc.stderr
+
+
+AUDIT_SMALL = ("eval.audit_settings.steps=[5,20]", "eval.audit_settings.losses_steps=20",
+               "eval.audit_settings.square_queries=100", "eval.audit_settings.n=32",
+               "eval.audit_settings.eps_factors=[0.5,1,8]")
+
+
+def test_audit_through_both_clis_with_the_wandb_logger(run_cli, tmp_path, trained_run):
+    """eval=audit under advrw.eval and eval.audit=true after training (default W&B logger, offline):
+    the audit block in results.json, its verdict in the console table and in W&B's summary."""
+    env = {"WANDB_MODE": "offline"}
+    out = tmp_path / "audited"
+    proc = ok(run_cli("eval", f"ckpt={trained_run}", "eval=audit", *AUDIT_SMALL, f"hydra.run.dir={out}", env=env))
+    a = results(out)["audit"]
+    assert a["verdict"] in ("reliable", "flagged") and a["n"] == 32
+    assert a["checks"]["unbounded"]["threshold"] == 0.01 and set(a["checks"]["convergence"]["accuracy"]) == {"5", "20"}
+    assert re.search(rf"audit +{a['verdict']}", proc.stdout + proc.stderr)
+    _, summary, _ = wandb_records(out)
+    assert summary["eval/audit"].startswith(a["verdict"]) and summary["eval/audit_reliable"] == (a["verdict"] == "reliable")
+    run = tmp_path / "trained_audited"
+    ok(run_cli("train", "experiment=smoke", "eval.audit=true", *AUDIT_SMALL, "schedule.epochs=1",
+               "schedule.burn_in=0", f"hydra.run.dir={run}"))
+    t = results(run)["audit"]
+    assert set(t["checks"]) == set(a["checks"]) and t["checks"]["unbounded"]["pass"] in (True, False)

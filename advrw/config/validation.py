@@ -23,7 +23,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from advrw.attacks.fat import validate_attack
-from advrw.attacks import registry
+from advrw.attacks import audit, registry
 from advrw.attacks.engine import BN_MODES, INITS, check_budget
 from advrw.methods.awp import validate_minimizer
 from advrw.data.mixed import validate_extra
@@ -280,6 +280,7 @@ def validate_eval(cfg: DictConfig) -> None:
     ev = cfg.eval
     for name, spec in (ev.attacks or {}).items():
         registry.validate(f"eval.attacks.{name}", spec, ev.eps)  # each kind's rules (advrw/attacks/registry.py)
+    audit.validate(ev)  # eval.audit / eval.audit_settings (advrw/attacks/audit.py)
     for name in as_list(ev.get("only")):
         if name not in (ev.attacks or {}):
             raise AdvrwError(f"eval.only names attack {name!r}, which eval={ev.name} does not have: "
