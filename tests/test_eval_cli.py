@@ -111,6 +111,7 @@ AUDIT_SMALL = ("eval.audit_settings.steps=[5,20]", "eval.audit_settings.losses_s
                "eval.audit_settings.eps_factors=[0.5,1,8]")
 
 
+@pytest.mark.slow  # two CLI runs with the audit (~60 s on a busy 2-core box)
 def test_audit_through_both_clis_with_the_wandb_logger(run_cli, tmp_path, trained_run):
     """eval=audit under advrw.eval and eval.audit=true after training (default W&B logger, offline):
     the audit block in results.json, its verdict in the console table and in W&B's summary."""
