@@ -35,7 +35,7 @@ from advrw.methods.weighting import COMBINES, CONTROL_KEYS, SCHEMES
 from advrw.methods import defenses
 from advrw.methods.defenses import DEFENSES
 from advrw.data import DATASET_NAMES
-from advrw.models import MODEL_NAMES
+from advrw.models import MODEL_NAMES, zoo
 from advrw.data import archive, sources
 from advrw.data.options import default_data_root, opt_path
 from advrw.attacks.registry import selected_attacks
@@ -417,6 +417,11 @@ def preflight(config_name: str, cfg: DictConfig) -> None:
             return  # the data set is the checkpoint's: checked when it is read
         check_data_files(cfg.dataset)
     elif config_name == "eval" and not OmegaConf.is_missing(cfg, "ckpt"):
+        if zoo.is_zoo(cfg.ckpt):  # RobustBench's layout, offline (advrw/models/zoo.py)
+            p = zoo.zoo_path(cfg.ckpt, cfg.robustbench)
+            if not p.is_file():
+                raise AdvrwError(zoo.missing_message(cfg.ckpt, p, cfg.robustbench))
+            return _readable_checkpoint(p, "ckpt")
         p = Path(str(cfg.ckpt)).expanduser()
         if p.is_dir():  # eval.checkpoint picks the file; another kind (e.g. both) needs one of them
             kinds = [cfg.eval.checkpoint] if cfg.eval.checkpoint in ("last", "best") else ["last", "best"]

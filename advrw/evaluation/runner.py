@@ -14,6 +14,7 @@ the numbers and figures of an uninterrupted run. The file is removed once result
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import sys
@@ -32,7 +33,7 @@ from advrw.evaluation import bestlast
 from advrw.evaluation.results import write_report
 from advrw.evaluation.suite import run_suite
 from advrw.methods.awp import spec_fields as awp_spec_fields
-from advrw.models import build_model
+from advrw.models import build_model, zoo
 from advrw.records.identity import eval_logger_settings
 from advrw.records.provenance import git_commit
 from advrw.records.runlog import RunLog
@@ -65,7 +66,13 @@ def checkpoint_path(ckpt: str, kind: str) -> Path:
 
 
 def cli_checkpoint(cfg) -> tuple[Path, dict]:
-    """``advrw.eval``'s ``ckpt=`` (a run dir or a file) and ``eval.checkpoint``: the file and its contents."""
+    """``advrw.eval``'s ``ckpt=`` (a run dir, a file, or ``robustbench:<Name>``) and ``eval.checkpoint``:
+    the file and its contents."""
+    if zoo.is_zoo(cfg.ckpt):
+        path = zoo.zoo_path(cfg.ckpt, cfg.robustbench)
+        if not path.is_file():
+            raise AdvrwError(zoo.missing_message(cfg.ckpt, path, cfg.robustbench))
+        return path, read_checkpoint(path)
     path = (checkpoint_path(bestlast.run_dir_for_both(cfg.ckpt), "last") if cfg.eval.checkpoint == "both"
             else checkpoint_path(cfg.ckpt, cfg.eval.checkpoint))
     return path, read_checkpoint(path)
@@ -167,13 +174,11 @@ def eval_checkpoint(cfg, path: Path, obj: dict, run_dir: Path) -> dict:
     hardware.seed_everything(int(cfg.eval.seed), False)
     data = build_data(cfg.dataset, device)
     idx, picked = subsets.eval_subset(data.test_y, cfg.eval)
-    norm = (data.mean, data.std) if cfg.dataset.get("normalize") else (None, None)
-    model = build_model(cfg.model.name, data.num_classes, in_channels=data.channels, image_size=data.image_size,
-                        mean=norm[0], std=norm[1])
-    ckpt_io.load_model_state(model, ckpt_io.model_state(obj), str(path), cfg.model.name, data.num_classes)
+    model, zoo_record = _build(cfg, path, obj, data)
     model.to(device).eval()
     advrw_ckpt = is_advrw(obj)
-    kind = path.stem if path.stem in ("best", "last") else "checkpoint" if advrw_ckpt else "state_dict"
+    kind = ("robustbench" if zoo_record else path.stem if path.stem in ("best", "last")
+            else "checkpoint" if advrw_ckpt else "state_dict")
     config = OmegaConf.to_container(cfg, resolve=True)
     info = {"git_commit": git_commit(), "command": " ".join(sys.argv), "checkpoint": str(path),
             "checkpoint_kind": kind, "epoch": obj.get("epoch") if advrw_ckpt else None,
@@ -193,8 +198,36 @@ def eval_checkpoint(cfg, path: Path, obj: dict, run_dir: Path) -> dict:
         return state
 
     checkpoints = [(k, path.parent / f"{k}.pt") for k in bestlast.kinds("both")] if both else [(kind, path)]
-    results = score_and_report(
-        cfg, model, x, y, data, run_dir, runlog, checkpoints, load,
-        lambda k, p, state: protocol_of(cfg, k, p, state, {**data.subsets, "eval": picked}, info["runtime"]))
+    def protocol(k, p, state):
+        out = protocol_of(cfg, k, p, state, {**data.subsets, "eval": picked}, info["runtime"])
+        if zoo_record:  # the architecture is the zoo entry's (or the exported advrw model's), not model=
+            out.update(model=zoo_record["model"], robustbench=zoo_record)
+        return out
+
+    results = score_and_report(cfg, model, x, y, data, run_dir, runlog, checkpoints, load, protocol)
     runlog.finish()
     return results
+
+
+def _build(cfg, path: Path, obj: dict, data):
+    """The model with the checkpoint's weights: ``model=`` for advrw and plain files; for
+    ``ckpt=robustbench:<Name>`` the exported advrw model (its info JSON) or RobustBench's architecture."""
+    state = ckpt_io.model_state(obj)
+    if not zoo.is_zoo(cfg.ckpt):
+        norm = (data.mean, data.std) if cfg.dataset.get("normalize") else (None, None)
+        model = build_model(cfg.model.name, data.num_classes, in_channels=data.channels, image_size=data.image_size,
+                            mean=norm[0], std=norm[1])
+        ckpt_io.load_model_state(model, state, str(path), cfg.model.name, data.num_classes)
+        return model, None
+    name, rb = cfg.ckpt[len(zoo.PREFIX):], cfg.robustbench
+    record = {"name": name, "dataset": rb.dataset, "threat_model": rb.threat_model, "path": str(path)}
+    info = zoo.advrw_info(path)
+    if info is not None:  # written by python -m advrw.export --robustbench
+        model = build_model(info["model"], data.num_classes, in_channels=data.channels, image_size=data.image_size,
+                            mean=info.get("mean"), std=info.get("std"))
+        ckpt_io.load_model_state(model, state, str(path), info["model"], data.num_classes)
+        return model, {**record, "model": info["model"], "source": "advrw export"}
+    model = zoo.zoo_entry(name, rb)()
+    ckpt_io.load_model_state(model, state, str(path), f"robustbench:{name}", data.num_classes)
+    return model, {**record, "model": f"robustbench:{name}", "source": "RobustBench model zoo",
+                   "robustbench_version": importlib.metadata.version("robustbench")}
