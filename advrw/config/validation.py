@@ -21,7 +21,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from advrw.attacks.fat import validate_attack
-from advrw.attacks import registry
+from advrw.attacks import audit, registry
 from advrw.attacks.engine import BN_MODES, INITS, check_budget
 from advrw.methods.awp import validate_minimizer
 from advrw.methods.ema import validate_ema
@@ -36,9 +36,8 @@ from advrw.methods.weighting import COMBINES, CONTROL_KEYS, SCHEMES
 from advrw.methods import defenses
 from advrw.methods.defenses import DEFENSES
 from advrw.data import DATASET_NAMES
-from advrw.models import MODEL_NAMES
+from advrw.models import MODEL_NAMES, zoo
 from advrw.data.checks import check_data_files
-from advrw.data.options import default_data_root, opt_path
 from advrw.attacks.registry import selected_attacks
 
 ATTACK_LOSSES = ("auto", "ce", "kl", "cw", "scaled_ce")
@@ -284,6 +283,7 @@ def validate_eval(cfg: DictConfig) -> None:
     if ev.get("only") is not None and not as_list(ev.only):
         raise AdvrwError(f"eval.only=[] is invalid: name at least one attack of eval={ev.name} "
                          f"({', '.join(ev.attacks or {})}) or set eval.only=null for all of them")
+    audit.validate(ev)  # eval.audit / eval.audit_settings (advrw/attacks/audit.py)
     for name in as_list(ev.get("only")):
         if name not in (ev.attacks or {}):
             raise AdvrwError(f"eval.only names attack {name!r}, which eval={ev.name} does not have: "
@@ -351,6 +351,12 @@ def preflight(config_name: str, cfg: DictConfig) -> None:
             return  # the data set is the checkpoint's: checked when it is read
         check_data_files(cfg.dataset)  # advrw.data.checks: files and npz contents
     elif config_name == "eval" and not OmegaConf.is_missing(cfg, "ckpt"):
+        if zoo.is_zoo(cfg.ckpt):  # RobustBench's layout, offline (advrw/models/zoo.py)
+            p = zoo.zoo_path(cfg.ckpt, cfg.robustbench)
+            if not p.is_file():
+                raise AdvrwError(zoo.missing_message(cfg.ckpt, p, cfg.robustbench))
+            ckpt_io.read(p, trust=bool(cfg.get("ckpt_trust", False)), key="ckpt", mmap=True)
+            return
         kind = cfg.eval.checkpoint if cfg.eval.checkpoint in ("last", "best") else "last"
         for k in ([kind] if cfg.eval.checkpoint != "both" else ["best", "last"]):
             path = ckpt_io.resolve(cfg.ckpt, k, key="ckpt")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from advrw.core.errors import CheckpointWriteError
 from advrw.core.files import write_json
+from advrw.records.audit_verdict import verdict_text
 from advrw.records.runlog import RunLog
 from advrw.evaluation.suite import table
 
@@ -63,6 +64,9 @@ def wandb_tables(runlog: RunLog, results: dict, arrays: dict, classes: list[str]
         flat.update({f"{prefix}/{n}": e["robust_accuracy"] for n, e in results.get("attacks", {}).items()})
         if "worst_case" in results:
             flat[f"{prefix}/worst_case"] = results["worst_case"]["robust_accuracy"]
+        if "audit" in results:  # the gradient-masking audit's verdict and reasons
+            flat[f"{prefix}/audit"] = verdict_text(results)
+            flat[f"{prefix}/audit_reliable"] = results["audit"]["verdict"] == "reliable"
         if "nonuniform" in results:
             flat[f"{prefix}/A_rob"] = results["nonuniform"]["A_rob"]
         for a, v in results.get("nonuniform", {}).get("alpha_test", {}).items():
