@@ -90,7 +90,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     n_eval = len(idx)
     norm = (data.mean, data.std) if cfg.dataset.get("normalize") else (None, None)
     model = build_model(cfg.model.name, data.num_classes, in_channels=data.channels, image_size=data.image_size,
-                        mean=norm[0], std=norm[1])
+                        mean=norm[0], std=norm[1], activation=cfg.model.get("activation"))
     ckpt_io.load_model_state(model, ckpt_io.model_state(obj), str(path), cfg.model.name, data.num_classes)
     model.to(device).eval()
     kind = path.stem if path.stem in ("best", "last") else "state_dict" if not is_advrw else "checkpoint"

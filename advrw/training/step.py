@@ -45,6 +45,7 @@ class StepSpec:
     tau_milestones: tuple = ()  # FAT's dynamic tau: +1 after each of these (1-indexed) epochs
     omega: float = 0.0  # FAT's per-step noise
     epoch: int = 0  # 0-indexed; only the tau schedule reads it
+    clip_grad_norm: float | None = None  # schedule.clip_grad_norm: cap the gradient's global L2 norm
 
     def at_epoch(self, epoch: int) -> "StepSpec":
         """The spec for a 0-indexed training epoch (only FAT's tau schedule depends on it)."""
@@ -115,6 +116,8 @@ def train_step(model, optimizer, x, y, spec: StepSpec, *, burn_in: bool = False,
     loss.backward()
     if pert is not None:  # the gradient was taken at w + v; step from the exactly restored w
         awp.restore(pert, optimizer)
+    if spec.clip_grad_norm is not None:  # on the device: no host sync
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], spec.clip_grad_norm)
     optimizer.step()
     out = {"loss": loss.detach(), "w": w.detach().float(),
            "correct_adv": (z_adv.argmax(1) == y).sum()}
