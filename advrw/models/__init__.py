@@ -81,9 +81,11 @@ def validate_model(cfg) -> None:
                          f"{', '.join(n for n, e in _REGISTRY.items() if e.own_norm)} models take one")
     if act is not None and act not in ACTIVATIONS:
         raise AdvrwError(f"model.activation={act!r} is unknown: choose one of {', '.join(ACTIVATIONS)}")
-    bn = m.get("bn_momentum")
-    if bn is not None and (isinstance(bn, bool) or not isinstance(bn, (int, float)) or not 0 < bn <= 1):
-        raise AdvrwError(f"model.bn_momentum={bn} is invalid: must be a number in (0, 1] or null (the architecture's default)")
+    for key in ("bn_momentum", "first_bn_momentum"):
+        bn = m.get(key)
+        if bn is not None and (isinstance(bn, bool) or not isinstance(bn, (int, float)) or not 0 < bn <= 1):
+            raise AdvrwError(f"model.{key}={bn} is invalid: must be a number in (0, 1] or null (the architecture's "
+                             "own momentum)")
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32,

@@ -30,6 +30,7 @@ def step_spec(cfg: DictConfig, runtime=None) -> StepSpec:
         bn_mode=cfg.attack.bn_mode, attack_loss=cfg.attack.get("loss", "auto"), weighted_attack=bool(cfg.attack.weighted), attack_alpha=float(cfg.attack.alpha),
         amp_dtype=(runtime or hardware.resolve_runtime(cfg, resolve_device(cfg.device), warn=False)).amp_dtype,
         clip_grad_norm=None if cfg.schedule.get("clip_grad_norm") is None else float(cfg.schedule.clip_grad_norm),
+        first_bn_momentum=None if cfg.model.get("first_bn_momentum") is None else float(cfg.model.first_bn_momentum),
         **fat_spec_kwargs(cfg.attack), **awp_spec_fields(cfg))
 
 

@@ -135,7 +135,8 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
         for i, (x, y) in enumerate(bar, start=first):
             if runtime.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = train_step(step_model, opt, x, y, spec.at_epoch(epoch), burn_in=burn_in, generator=gen, epoch=epoch)
+            out = train_step(step_model, opt, x, y, spec.at_epoch(epoch), burn_in=burn_in, generator=gen, epoch=epoch,
+                             first=epoch == 0 and i == 0)
             if ema is not None:
                 ema.update()
             if per_iteration(s):
