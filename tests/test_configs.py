@@ -27,7 +27,8 @@ def make(overrides, name="train"):
 
 
 SYNTH = ["dataset=synthetic", "dataset.image_size=16", "dataset.n_train=16", "dataset.n_test=8",
-         "dataset.val_size=0", "logger=none", "schedule.batch_size=8"]
+         "dataset.val_size=0", "logger=none", "schedule.batch_size=8",
+         "dataset.extra_npz=null", "dataset.extra_fraction=null"]  # presets with generated data: none here
 
 
 def one_step(cfg):
