@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from advrw.evaluation import bestlast
+from advrw.methods import ema as weight_avg
 from advrw.core import checkpoints as ckpt_io
 from advrw.core import hardware
 from advrw.config import CONF_DIR
@@ -91,7 +92,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     norm = (data.mean, data.std) if cfg.dataset.get("normalize") else (None, None)
     model = build_model(cfg.model.name, data.num_classes, in_channels=data.channels, image_size=data.image_size,
                         mean=norm[0], std=norm[1], activation=cfg.model.get("activation"))
-    ckpt_io.load_model_state(model, ckpt_io.model_state(obj), str(path), cfg.model.name, data.num_classes)
+    # an averaging run is scored on the weights its ema.evaluate names (the EMA unless raw)
+    weights = weight_avg.scored(OmegaConf.create(obj["config"]))[-1] if is_advrw and "ema" in obj else None
+
+    def state_of(ckpt):
+        return ckpt_io.model_state(weight_avg.weights_of(ckpt, weights) if weights else ckpt)
+
+    ckpt_io.load_model_state(model, state_of(obj), str(path), cfg.model.name, data.num_classes)
     model.to(device).eval()
     kind = path.stem if path.stem in ("best", "last") else "state_dict" if not is_advrw else "checkpoint"
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -110,7 +117,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         if not both:  # the one checkpoint is in the model already
             return obj
         state = ckpt_io.read(p)  # the model holds one checkpoint at a time
-        ckpt_io.load_model_state(model, ckpt_io.model_state(state), str(p), cfg.model.name, data.num_classes)
+        ckpt_io.load_model_state(model, state_of(state), str(p), cfg.model.name, data.num_classes)
         return state
 
     def protocol_of(kind, p, state):
@@ -118,6 +125,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                {"path": str(p), "kind": kind, "epoch": info["epoch"]},
                "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test", "eval": cfg.eval.name,
                "subsets": {**data.subsets, "eval": picked}, "runtime": info["runtime"]}
+        if weights:
+            out["checkpoint"]["weights"] = weights
         if is_advrw:
             tc = state["config"]
             out.update({"defense": tc["defense"]["name"], "weighting": tc["weighting"]["name"],
