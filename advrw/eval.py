@@ -26,8 +26,9 @@ from advrw.config.validation import validate_eval
 from advrw.core.files import write_json
 from advrw.core.hardware import resolve_device, seed_everything
 from advrw.core.errors import AdvrwError
+from advrw.core.exits import guarded, launch
 from advrw.core.keys import override_key
-from advrw.records.provenance import git_commit
+from advrw.records.provenance import git_state, job_command
 from advrw.records.runlog import RunLog
 from advrw.data import build_data, subsets
 from advrw.models import build_model
@@ -39,12 +40,7 @@ log = logging.getLogger("advrw.eval")
 
 
 def checkpoint_path(ckpt: str, kind: str) -> Path:
-    p = Path(str(ckpt)).expanduser()
-    if p.is_dir():
-        p = p / f"{kind}.pt"
-    if not p.is_file():
-        raise AdvrwError(f"ckpt={ckpt} does not exist" + (f" (looked for {p})" if p != Path(str(ckpt)) else ""))
-    return p
+    return ckpt_io.resolve(ckpt, kind, key="ckpt")
 
 
 def effective_config(cfg: DictConfig, saved: dict | None) -> DictConfig:
@@ -66,6 +62,7 @@ def effective_config(cfg: DictConfig, saved: dict | None) -> DictConfig:
             if key.startswith(group + "."):
                 OmegaConf.update(merged, key[len(group) + 1:], OmegaConf.select(cfg, key), force_add=True)
         cfg[group] = merged
+    _whole_test_split(cfg, saved["config"], overrides)
     trained = bool(saved["config"].get("dataset", {}).get("normalize", False))
     now = bool(cfg.dataset.get("normalize", False))
     if trained != now:
@@ -76,11 +73,25 @@ def effective_config(cfg: DictConfig, saved: dict | None) -> DictConfig:
     return cfg
 
 
+def _whole_test_split(cfg: DictConfig, trained: dict, overrides: list[str]) -> None:
+    """Score the whole test split unless told otherwise: a training run's ``dataset.n_test`` subset (a
+    quick check's 200 images) is not inherited silently, and the choice is said either way."""
+    n_test = (trained.get("dataset") or {}).get("n_test")
+    if any(override_key(o) in ("dataset", "dataset.n_test") for o in overrides) or n_test is None:
+        return
+    if cfg.dataset.get("name") == "synthetic":  # its n_test is the size of the generated test split itself
+        return
+    cfg.dataset.n_test = None
+    log.info("scoring the whole test split (the run trained with dataset.n_test=%s; set dataset.n_test=%s "
+             "to score that subset instead)", n_test, n_test)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     both = cfg.eval.checkpoint == "both"  # best.pt and last.pt of a run dir (advrw/evaluation/bestlast.py)
     path = (checkpoint_path(bestlast.run_dir_for_both(cfg.ckpt), "last") if both
             else checkpoint_path(cfg.ckpt, cfg.eval.checkpoint))
-    obj = ckpt_io.read(path)
+    trust = bool(cfg.get("ckpt_trust", False))
+    obj = ckpt_io.read(path, trust=trust)
     is_advrw = "config" in obj and "model" in obj
     cfg = effective_config(cfg, obj if is_advrw else None)
     validate_eval(cfg)
@@ -102,7 +113,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     model.to(device).eval()
     kind = path.stem if path.stem in ("best", "last") else "state_dict" if not is_advrw else "checkpoint"
     config = OmegaConf.to_container(cfg, resolve=True)
-    info = {"git_commit": git_commit(), "command": " ".join(sys.argv), "checkpoint": str(path),
+    git = git_state()
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
+    info = {"git_commit": git["commit"], "git_dirty": git["dirty"], "git_diff_sha1": git["diff_sha1"],
+            "command": job_command("advrw.eval", overrides), "checkpoint": str(path.resolve()),
             "checkpoint_kind": kind, "epoch": obj.get("epoch") if is_advrw else None,
             "runtime": hardware.eval_runtime(device)}
     write_json(run_dir / "run_info.json", info)
@@ -116,13 +130,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     def load(p):
         if not both:  # the one checkpoint is in the model already
             return obj
-        state = ckpt_io.read(p)  # the model holds one checkpoint at a time
+        state = ckpt_io.read(p, trust=trust)  # the model holds one checkpoint at a time
         ckpt_io.load_model_state(model, state_of(state), str(p), cfg.model.name, data.num_classes)
         return state
 
     def protocol_of(kind, p, state):
         out = {"checkpoint": bestlast.protocol(kind, p, state) if is_advrw else
-               {"path": str(p), "kind": kind, "epoch": info["epoch"]},
+               {"path": str(Path(p).resolve()), "kind": kind, "epoch": info["epoch"]},
                "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test", "eval": cfg.eval.name,
                "subsets": {**data.subsets, "eval": picked}, "runtime": info["runtime"]}
         if weights:
@@ -151,18 +165,14 @@ def _validate_cli(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    try:
-        results = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except AdvrwError as err:  # one line for the user, nothing else (no traceback, no log echo)
-        print(f"advrw: error: {err}", file=sys.stderr)
-        remove_stray_run_dir(Path(HydraConfig.get().runtime.output_dir))
-        sys.exit(2)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    results = guarded(lambda: run(cfg, run_dir), refused=lambda: remove_stray_run_dir(run_dir))
     return results.get("worst_case", {}).get("robust_accuracy")
 
 
 def main() -> None:
     precheck("eval", _validate_cli)
-    _hydra_main()
+    launch(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""``python -m advrw.report DIR...``: the campaign table of a sweep (see :mod:`advrw.records.report`)."""
+"""``python -m advrw.report DIR...``: the campaign table of a sweep (see :mod:`advrw.records.report.cli`)."""
 
 import sys
 
-from advrw.records.report import main
+from advrw.records.report.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,12 +1,12 @@
 """``python -m advrw.train``: adversarial training with per-example weights, then evaluation.
 
 A thin entry point (lightning-hydra-template style): the precheck validates every job, Hydra
-composes ``conf/train.yaml``, :func:`advrw.training.loop.run` does the work.
+composes ``conf/train.yaml``, :func:`advrw.training.loop.run` does the work, and
+:func:`advrw.core.exits.guarded` turns every deliberate stop into one line and its exit code.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -16,30 +16,14 @@ from omegaconf import DictConfig
 from advrw.config import CONF_DIR
 from advrw.config.precheck import precheck, remove_stray_run_dir
 from advrw.config.validation import validate_train
-from advrw.core.errors import AdvrwError
-from advrw.training.lifecycle import exit_code, user_line, write_error
+from advrw.core.exits import guarded, launch
 from advrw.training.loop import run
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        results = run(cfg, run_dir)
-    except AdvrwError as err:  # one line for the user, nothing else (no traceback, no log echo)
-        print(user_line(err), file=sys.stderr)
-        if exit_code(err) == 2:  # refused input: drop the run dir Hydra made if it holds nothing else
-            remove_stray_run_dir(run_dir)
-        sys.exit(exit_code(err))
-    except OSError as err:  # a record write failed (disk full, read-only): one line, not a traceback
-        line = write_error(err)
-        if line is None:
-            raise
-        print(user_line(line), file=sys.stderr)
-        sys.exit(exit_code(line))
-    except KeyboardInterrupt:  # Ctrl-C before training started (no checkpoint yet): no traceback
-        print("advrw: SIGINT before training started: nothing to save", file=sys.stderr)
-        sys.exit(130)
+    results = guarded(lambda: run(cfg, run_dir), refused=lambda: remove_stray_run_dir(run_dir))
     attacks = results.get("attacks", {})
     # The value a Hydra sweeper (e.g. optuna) optimises: the first attack's robust accuracy.
     return next(iter(attacks.values()))["robust_accuracy"] if attacks else None
@@ -47,7 +31,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     precheck("train", validate_train)
-    _hydra_main()
+    launch(_hydra_main)
 
 
 if __name__ == "__main__":

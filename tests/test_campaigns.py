@@ -276,7 +276,10 @@ def _fake_job(d: Path, overrides: list[str], clean: float | None, pgd100: float 
     from omegaconf import OmegaConf
 
     (d / ".hydra").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({"seed": 0, "paper": paper, "schedule": {"epochs": 3}}), d / ".hydra" / "config.yaml")
+    cfg = OmegaConf.create({"seed": 0, "paper": paper, "schedule": {"epochs": 3}})
+    for o in overrides:  # what the overrides set is in the config that ran (the report groups by it)
+        OmegaConf.update(cfg, o.split("=")[0], o.split("=")[1], force_add=True)
+    OmegaConf.save(cfg, d / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create(overrides), d / ".hydra" / "overrides.yaml")
     if clean is not None:
         proto = {"attack": "pgd", "eps": 8 / 255, "steps": 100, "step": 1 / 255, "restarts": 1}
@@ -305,7 +308,7 @@ def test_report_paper_numbers_numeric_sort_and_unfinished(tmp_path, capsys, monk
     assert run.job_type == "report" and run.run_group == "sweep-p" and summary["report/table/nrows"] == 1
     row = next(ln for ln in md.splitlines() if ln.startswith("| all"))
     assert "85.00 ± 1.41 (paper 84.59, Δ +0.41)" in row and "56.00 (paper 56.42, Δ -0.42)" in row.replace("± 0.00 ", "")
-    assert "pgd100 (eps 8/255, 100 x 1/255)" in md
+    assert "PGD-100 (eps 8/255, 100 x 1/255)" in md
     assert main([str(tmp_path / "g"), "--no-plots"]) == 0
     md = capsys.readouterr().out
     rows = [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| ")][1:]

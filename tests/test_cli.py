@@ -14,7 +14,7 @@ def test_train_run_writes_records(run_cli, tmp_path):
     run_dir = tmp_path / "r"
     proc = ok(run_cli("train", "experiment=smoke", "weighting=mail", "defense=trades", f"hydra.run.dir={run_dir}"))
     for name in ("results.json", "metrics.jsonl", "last.pt", "best.pt", "run_info.json", ".hydra/config.yaml",
-                 "confusion_pgd20.png", "class_weight_sums.png"):
+                 "figures/confusion_pgd20.png", "figures/class_weight_sums.png"):
         assert (run_dir / name).exists(), name
     res = results(run_dir)
     proto = res["attacks"]["pgd20"]["protocol"]

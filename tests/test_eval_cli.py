@@ -25,7 +25,7 @@ def test_eval_writes_results_and_figures(run_cli, tmp_path, trained_run):
         assert v["weighted_attack"]["objective"] == "weighted_ce" and v["weighted_attack"]["alpha"] == float(a)
     assert nu["dro"]["0.0"]["accuracy"] == pytest.approx(nu["A_rob"])
     for png in ("confusion_pgd20.png", "per_class_pgd20.png", "entropy_hist.png", "nonuniform_weights.png"):
-        assert (out / png).stat().st_size > 1000, png
+        assert (out / "figures" / png).stat().st_size > 1000, png
 
 
 def test_eval_best_checkpoint_and_plain_state_dict(run_cli, tmp_path, trained_run):

@@ -1,4 +1,4 @@
-"""advrw.attacks.external: AutoAttack / Square / SPSA adapters end to end on tiny CPU models."""
+"""advrw.attacks.{autoattack,blackbox,fmn}: AutoAttack / Square / SPSA adapters end to end on tiny CPU models."""
 
 import logging
 
@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from advrw.attacks.external import (AttackResult, AutoAttackResult, fmn_available, run_autoattack,
-                                    run_fmn, run_spsa, run_square)
+from advrw.attacks.autoattack import run_autoattack
+from advrw.attacks.blackbox import run_spsa, run_square
+from advrw.attacks.common import AttackResult, AutoAttackResult
+from advrw.attacks.fmn import fmn_available, run_fmn
 from advrw.core.errors import AdvrwError
 
 EPS = 8 / 255

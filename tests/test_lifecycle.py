@@ -93,6 +93,7 @@ def test_second_signal_exits_at_once_and_keeps_the_last_checkpoint(tmp_path):
 def test_resume_finishes_a_complete_or_half_evaluated_run(full_run, tmp_path):
     proc = ok(cli("train", f"resume={full_run}", f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path))
     assert f"{full_run / 'results.json'}" in proc.stdout and "is complete" in proc.stdout
+    assert not (tmp_path / "again").exists()  # resuming a finished run makes no new dir
     half = tmp_path / "half"  # killed during the final evaluation: training done, no results
     shutil.copytree(full_run, half)
     (half / "results.json").unlink()

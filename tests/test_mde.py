@@ -84,3 +84,60 @@ def test_mde_bad_values():
         run_mde(model, x, y, eps=EPS, steps=50, change_point=50)
     with pytest.raises(AdvrwError, match="stages"):
         run_mde(model, x, y, eps=EPS, stages=["md", "pgd"])
+
+
+class Saturated(nn.Module):
+    """Four classes on 1x2x2 images whose pixels sit at 0 and 1 (as real images' do).
+
+    Any coordinate outside [0, 1] adds 1000 per unit to z_1, so MD's unclipped uniform start fools
+    the model at an invalid point; inside the box z_1 = 10 (u_0 + u_1) beats z_0 = 1.5 once
+    u_0 + u_1 > 0.15, which a valid point reaches (eps 0.1 gives up to 0.2) and the clean input
+    (0, 0, 1, 1) does not.
+    """
+
+    def forward(self, x):
+        u = x.flatten(1)
+        zero = torch.zeros_like(u)  # strict: no gradient pulling a point on the box's face outwards
+        outside = (torch.where(u < 0, -u, zero) + torch.where(u > 1, u - 1, zero)).sum(1)
+        z1 = 1000 * outside + 10 * (u[:, 0] + u[:, 1])
+        z0 = torch.full_like(z1, 1.5)
+        return torch.stack([z0, z1, z0 - 20, z0 - 20], dim=1)
+
+
+def saturated_data(n=6):
+    return torch.tensor([0.0, 0.0, 1.0, 1.0]).repeat(n, 1).view(n, 1, 2, 2), torch.zeros(n, dtype=torch.long)
+
+
+@pytest.mark.parametrize("stages", [["md"], ["mdmt"], ["apgd-ce", "md", "mdmt", "fab-t"]])
+def test_saturated_inputs_broken_at_a_valid_point(stages):
+    """The unclipped start fools the model outside [0, 1]: it must not be kept (it used to be, then
+    rejected, and the example counted robust); the later valid break counts, and ``per_attack``
+    agrees with ``robust_accuracy``."""
+    model, (x, y) = Saturated(), saturated_data()
+    with torch.no_grad():
+        assert (model(x).argmax(1) == y).all()
+        noise = x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1) * EPS
+        assert (model(noise).argmax(1) != y).all()  # an unclipped start fools it (outside [0, 1])
+    adv = md_attack(model, x, y, eps=EPS, generator=torch.Generator().manual_seed(0))
+    assert (adv - x).abs().max() <= EPS + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    with torch.no_grad():
+        assert (model(adv).argmax(1) != y).all()
+    res = run_mde(model, x, y, eps=EPS, stages=stages)
+    assert res.robust_accuracy == 0.0 and not res.robust.any() and res.protocol["n_invalid"] == 0
+    assert res.per_attack[stages[-1]] == res.robust_accuracy
+    assert (res.x_adv - x).abs().max() <= EPS + 1e-6 and res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+    every = torch.ones(len(y), dtype=torch.bool)
+    m = black_box(model, x, y, {"kind": "mde", "stages": stages}, EPS, batch_size=4, seed=0, only=every,
+                  desc="mde", progress=False)
+    assert m.extra["per_attack"][stages[-1]] == m.robust.float().mean().item() == 0.0
+
+
+def test_keep_fooled_never_returns_an_invalid_point():
+    """PGD's keep_fooled (MD's mode) from an unclipped start: the point it returns is in the ball and
+    [0, 1], and it fools the model wherever a valid break was reached."""
+    model, (x, y) = Saturated(), saturated_data()
+    res = pgd(model, x, y, eps=EPS, step=EPS / 4, steps=10, objective="cw", clamp_start=False, keep_fooled=True,
+              generator=torch.Generator().manual_seed(0))
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1 and (res.x_adv - x).abs().max() <= EPS + 1e-6
+    with torch.no_grad():
+        assert (model(res.x_adv).argmax(1) != y).all()

@@ -143,15 +143,15 @@ def test_report_rows_in_the_papers_method_order_and_columns_in_their_order(tmp_p
     assert [r[1] for r in rows][:4] == ["at_rn18_cifar10", "trades_rn18_cifar10", "mart_rn18_cifar10",
                                         "fat_rn18_cifar10"]
     assert head[:3] == ["method", "experiment", "seeds"]
-    assert head[3:] == [
-        "clean", "fgsm (eps 8/255, 1 x 8/255)", "pgd20 (eps 8/255, 20 x 0.8/255)", "pgd100 (eps 8/255, 100 x 1/255)",
-        "apgd_ce (eps 8/255, 100 iter)", "cw (eps 8/255, 30 x 1/255)", "fmn (eps 8/255, 100 steps)",
-        "autoattack (eps 8/255, version standard)", "mde (eps 8/255, MD 50 steps, change point 20)",
-        "logit_scaling (eps 8/255, 20 x 0.8/255)", "worst case"]
+    assert head[3:] == [  # the papers' names, each with its budget
+        "Clean", "FGSM (eps 8/255, 1 x 8/255)", "PGD-20 (eps 8/255, 20 x 0.8/255)", "PGD-100 (eps 8/255, 100 x 1/255)",
+        "APGD-CE (eps 8/255, 100 iter)", "CW (eps 8/255, 30 x 1/255)", "FMN-100 (eps 8/255, 100 steps)",
+        "AA (eps 8/255, version standard)", "MDE (eps 8/255, MD 50 steps, change point 20)",
+        "logit_scaling (eps 8/255, 20 x 0.8/255)", "Worst case"]
     # FAT's row compares with MAIL Table 2, VIR-AT's with VIR Table 1; the sources are listed
     fat = rows[3]
     assert fat[3].startswith("81.00 ± 1.41 (paper 87.97, Δ -6.97)")
-    assert f"(paper 46.68, Δ {100 * accs['apgd_ce'] - 46.68:+.2f})" in fat[head.index("apgd_ce (eps 8/255, 100 iter)")]
+    assert f"(paper 46.68, Δ {100 * accs['apgd_ce'] - 46.68:+.2f})" in fat[head.index("APGD-CE (eps 8/255, 100 iter)")]
     assert "paper" not in rows[-1][3]  # EW-TRADES-AWP: no paper ran it
     assert "- method=FAT, experiment=fat_rn18_cifar10: MAIL Table 2" in md
     assert "- method=VIR-AT, experiment=vir_at_rn18_cifar10: VIR Table 1" in md
@@ -161,12 +161,12 @@ def test_report_method_first_then_numeric_for_swept_keys(tmp_path, capsys):
     # alphabetically ewat < vir and "10" < "2"; the papers put VIR before EWAT, and 2 < 10
     for i, (w, e) in enumerate([("vir", "10"), ("ewat", "2"), ("vir", "2"), ("ewat", "10")]):
         _job(tmp_path / "g" / str(i), [f"weighting={w}", f"schedule.epochs={e}"], _results(0.8, {"pgd20": 0.4}),
-             config_overrides=["experiment=smoke", f"weighting={w}"])
+             config_overrides=["experiment=smoke", f"weighting={w}", f"schedule.epochs={e}"])
     assert main([str(tmp_path / "g"), "--no-plots", "--csv"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("schedule.epochs,weighting,n,seeds,clean mean")
-    assert [tuple(ln.split(",")[:2]) for ln in lines[1:]] == [("2", "vir"), ("10", "vir"), ("2", "ewat"),
-                                                               ("10", "ewat")]
+    assert lines[0].startswith("method,schedule.epochs,n,seeds,clean mean")  # the method's name, not weighting=
+    assert [tuple(ln.split(",")[:2]) for ln in lines[1:]] == [("VIR-AT", "2"), ("VIR-AT", "10"), ("EW-AT", "2"),
+                                                               ("EW-AT", "10")]
 
 
 def test_report_best_and_last_columns_from_one_evaluation(tmp_path, capsys):
@@ -183,13 +183,13 @@ def test_report_best_and_last_columns_from_one_evaluation(tmp_path, capsys):
     assert main([str(tmp_path / "s"), "--no-plots"]) == 0
     md = capsys.readouterr().out
     head, rows = _table(md)
-    pgd10 = "pgd10 (eps 8/255, 10 x 2/255)"
-    aa = "autoattack (eps 8/255, version standard)"
-    assert head == ["weighting", "seeds", "best clean", "last clean", f"best {pgd10}", f"last {pgd10}",
-                    f"best {aa}", f"last {aa}", "best worst case", "last worst case"]
+    b = "(eps 8/255, 10 x 2/255)"
+    aa = "(eps 8/255, version standard)"
+    assert head == ["method", "seeds", "Clean (best)", "Clean (last)", f"PGD-10 (best) {b}", f"PGD-10 (last) {b}",
+                    f"AA (best) {aa}", f"AA (last) {aa}", "Worst case (best)", "Worst case (last)"]
     none, ewat = rows  # plain AT before its reweighting
-    assert none[0] == "none" and none[2] == "" and none[3] == "90.00" and none[5] == "30.00" and none[4] == ""
-    assert ewat[0] == "ewat" and ewat[1] == "n=2"
+    assert none[0] == "AT" and none[2] == "" and none[3] == "90.00" and none[5] == "30.00" and none[4] == ""
+    assert ewat[0] == "EW-AT" and ewat[1] == "n=2"
     assert ewat[2].startswith("70.50 ± 0.71") and ewat[3].startswith("75.50 ± 0.71")
     assert ewat[4].startswith("50.50 ± 0.71") and ewat[5].startswith("40.50 ± 0.71")
     assert ewat[6].startswith("45.00") and ewat[7].startswith("38.00")

@@ -164,8 +164,11 @@ def test_resume_is_validated_against_the_checkpoints_config(capsys, tmp_path, mo
     cfg = compose_config("train", *SMOKE, "stop_after=1")
     torch.save({"config": OmegaConf.to_container(cfg, resolve=True), "optimizer": {}, "model": {}}, tmp_path / "last.pt")
     precheck("train", validate_train, [f"resume={tmp_path}", "schedule.epochs=3"])
+    line = _refused(capsys, "train", validate_train, [f"resume={tmp_path}", "schedule.epochs=0"])
+    assert "schedule.epochs=0 is invalid" in line
+    # the one resume merge (advrw.config.resume) refuses a change a resume may not make, before any job
     line = _refused(capsys, "train", validate_train, [f"resume={tmp_path}", "schedule.momentum=-1"])
-    assert "schedule.momentum=-1 is invalid" in line
+    assert "schedule.momentum=-1 does not match the checkpoint's schedule.momentum=0.9" in line
     torch.save({"model": {}}, tmp_path / "plain.pt")
     line = _refused(capsys, "train", validate_train, [f"resume={tmp_path / 'plain.pt'}"])
     assert "is not an advrw training checkpoint" in line

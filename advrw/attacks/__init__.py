@@ -1,4 +1,6 @@
-"""Attacks: the shared PGD engine and its objectives; library adapters live in ``external``."""
+"""Attacks: the shared PGD engine and its objectives, the registry of evaluation attacks
+(``registry``), and one module per library adapter (``autoattack``, ``blackbox``, ``fmn``; shared
+rules in ``common``)."""
 
 from advrw.attacks.objectives import OBJECTIVES, get_objective, prob_margin
 from advrw.attacks.engine import PGDResult, check_budget, fgsm, model_mode, pgd, random_start

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from advrw.attacks.common import valid_points
 from advrw.attacks.objectives import get_objective
 from advrw.core.errors import AdvrwError
 
@@ -89,7 +90,9 @@ def _ascend(model, x, y, objective, ref_logits, params, eps, step, steps, init, 
     left spends one unit and steps on. Masks, not per-example Python, so a stopped example only
     stops moving (the batch keeps its size: no host sync). ``omega``: FAT's Gaussian noise added
     to every step. ``plan``: per-iteration ``(objective, step)`` overriding both. ``keep_fooled``:
-    return the first iterate the model misclassified (else the final one), as the MD attacks do.
+    return the first *valid* iterate (in the eps-ball and [0, 1]) the model misclassified (else the
+    final one), as the MD attacks do: an unclipped start outside [0, 1] never counts, so it
+    cannot hide a later valid break.
     """
     x_adv = random_start(x, eps, init, generator, clamp=clamp_start)
     n = len(x)
@@ -119,7 +122,7 @@ def _ascend(model, x, y, objective, ref_logits, params, eps, step, steps, init, 
         if kappa is not None:
             kappa += correct
         if keep_fooled:
-            newly = ~predicted_right & ~found
+            newly = ~predicted_right & ~found & valid_points(x_adv, x, eps)
             first = torch.where(newly.view(shape), x_adv.detach(), first)
             found |= newly
         loss = obj(logits, y, ref_logits, **params).sum()

@@ -9,7 +9,9 @@ code), so they are staged runs of ``advrw.attacks.engine`` with a per-step ``pla
   margin alone -- ``-z_y`` in run 0, ``max_{k!=y} z_k`` in run 1 -- so a term whose gradient is tiny
   next to the other's still gets attacked; the remaining steps ascend the full margin
   ``max_{k!=y} z_k - z_y``. Step sizes follow the authors' cosine schedule from ``2 eps``, restarted
-  at the change point. Any iterate the model misclassifies counts (the code keeps it).
+  at the change point. Any *valid* iterate the model misclassifies counts (the code keeps it): the
+  unclipped start may lie outside [0, 1], and on saturated pixels it can fool the model there;
+  such a point is never kept, the run goes on and its later (clipped) iterates can count.
 * **MDMT**: MD with the other term replaced by a target logit ``z_t`` (and ``z_t - z_y`` in the
   second stage), for each of the ``n_target_classes`` classes ranked highest at the clean input
   other than ``y``. The code loops over all 10 CIFAR classes, one of which is ``y`` itself (a run
@@ -27,11 +29,15 @@ import math
 
 import torch
 
+from advrw.attacks import common
+from advrw.attacks.autoattack import run_autoattack
+from advrw.attacks.common import AutoAttackResult
 from advrw.attacks.engine import model_mode, pgd
 from advrw.core.errors import AdvrwError
-from advrw.attacks import external
 
 STAGES = ("apgd-ce", "md", "mdmt", "fab-t")
+# The authors' ``Attacker`` budget: 50 steps, change point 20, 9 target classes, every stage.
+DEFAULTS = {"steps": 50, "change_point": 20, "n_target_classes": 9, "stages": list(STAGES)}
 
 
 def md_step_sizes(steps: int, change_point: int, eps: float) -> list[float]:
@@ -56,9 +62,10 @@ def check_md_budget(steps: int, change_point: int) -> None:
         raise AdvrwError(f"mde change_point={change_point} is invalid: must be an integer in [1, steps)")
 
 
-def _fooled(model, x_adv, y):
+def _broken(model, x_adv, x, y, eps):
+    """Misclassified at a valid point (inside the eps-ball and [0, 1])."""
     with torch.no_grad():
-        return model(x_adv).argmax(dim=1) != y
+        return (model(x_adv).argmax(dim=1) != y) & common.valid_points(x_adv, x, eps)
 
 
 def md_attack(model, x, y, *, eps: float, steps: int = 50, change_point: int = 20, target=None,
@@ -78,7 +85,7 @@ def md_attack(model, x, y, *, eps: float, steps: int = 50, change_point: int = 2
                   plan=md_plan(steps, change_point, eps, first, full), target=t, keep_fooled=True,
                   clamp_start=False, generator=generator)
         best[idx] = res.x_adv
-        fooled[idx] = _fooled(model, res.x_adv, y[idx])
+        fooled[idx] = _broken(model, res.x_adv, x[idx], y[idx], eps)
     return best
 
 
@@ -98,30 +105,30 @@ def mdmt_attack(model, x, y, *, eps: float, steps: int = 50, change_point: int =
         cand = md_attack(model, x[idx], y[idx], eps=eps, steps=steps, change_point=change_point,
                          target=ranked[idx, j], generator=generator)
         best[idx] = cand
-        fooled[idx] = _fooled(model, cand, y[idx])
+        fooled[idx] = _broken(model, cand, x[idx], y[idx], eps)
     return best
 
 
 def run_mde(model, x, y, *, eps: float, steps: int = 50, change_point: int = 20, n_target_classes: int = 9,
             stages=STAGES, seed: int = 0, batch_size: int = 500):
-    """The MDE ensemble on ``(x, y)``; an ``external.AutoAttackResult`` (``per_attack``: robust
+    """The MDE ensemble on ``(x, y)``; an ``AutoAttackResult`` (``per_attack``: robust
     accuracy after each stage, over these examples)."""
     stages = list(stages)
     if not stages or any(s not in STAGES for s in stages):
         raise AdvrwError(f"mde stages={stages} is invalid: choose from {', '.join(STAGES)}")
     check_md_budget(steps, change_point)
-    x, y = external._prepare(x, y, eps, batch_size)
+    x, y = common.prepare(x, y, eps, batch_size)
     protocol = {"attack": "mde", "stages": stages, "md_steps": int(steps), "change_point": int(change_point),
                 "md_start": "uniform, not clipped", "md_step_schedule": "cosine from 2 eps, restarted at change_point",
                 "mdmt_target_classes": int(n_target_classes), "apgd_n_iter": 100, "fab_n_iter": 100,
                 "eps": float(eps), "norm": "Linf", "seed": int(seed), "n": int(len(x)),
-                "library": "advrw PGD engine + pyautoattack", "library_version": external._lib_version("pyautoattack")}
+                "library": "advrw PGD engine + pyautoattack", "library_version": common.lib_version("pyautoattack")}
     if len(x) == 0:
-        return external._empty(external.AutoAttackResult, x, protocol, per_attack={}, warnings=[])
+        return common.empty(AutoAttackResult, x, protocol, per_attack={}, warnings=[])
     gen = torch.Generator(device=x.device)
     gen.manual_seed(int(seed))
     with model_mode(model, False):
-        clean_pred = external._predict(model, x, batch_size)
+        clean_pred = common.predict_labels(model, x, batch_size)
         robust = clean_pred == y
         x_adv = x.clone()
         per_attack = {"clean": float(robust.double().mean())}
@@ -129,7 +136,7 @@ def run_mde(model, x, y, *, eps: float, steps: int = 50, change_point: int = 20,
             idx = robust.nonzero().squeeze(1)
             if idx.numel():
                 if stage in ("apgd-ce", "fab-t"):
-                    res = external.run_autoattack(model, x[idx], y[idx], eps=eps, seed=seed, batch_size=batch_size,
+                    res = run_autoattack(model, x[idx], y[idx], eps=eps, seed=seed, batch_size=batch_size,
                                                   attacks=[stage])
                     cand = res.x_adv
                 else:
@@ -138,33 +145,13 @@ def run_mde(model, x, y, *, eps: float, steps: int = 50, change_point: int = 20,
                     cand = torch.cat([fn(model, x[idx][i:i + batch_size], y[idx][i:i + batch_size], eps=eps,
                                          steps=steps, change_point=change_point, generator=gen, **kw)
                                       for i in range(0, len(idx), batch_size)])
-                broke = _fooled(model, cand, y[idx])
+                broke = _broken(model, cand, x[idx], y[idx], eps)
                 x_adv[idx[broke]] = cand[broke]
                 robust[idx[broke]] = False
             per_attack[stage] = float(robust.double().mean())
-        x_adv, robust, n_bad, notes = external._finalize(model, x, y, x_adv, eps=float(eps), norm="Linf",
+        x_adv, robust, n_bad, notes = common.finalize(model, x, y, x_adv, eps=float(eps), norm="Linf",
                                                          batch_size=batch_size, clean_pred=clean_pred, tag="MDE")
     protocol["n_invalid"] = n_bad
-    return external.AutoAttackResult(x_adv=x_adv, robust=robust, robust_accuracy=float(robust.double().mean()),
+    return AutoAttackResult(x_adv=x_adv, robust=robust, robust_accuracy=float(robust.double().mean()),
                                      clean_accuracy=float((clean_pred == y).double().mean()), protocol=protocol,
                                      per_attack=per_attack, warnings=notes)
-
-
-def validate_eval_attack(name: str, spec) -> None:
-    """One-line errors for the ``apgd_ce`` and ``mde`` eval attack keys (called by validate_eval)."""
-    kind, where = spec.get("kind"), f"eval.attacks.{name}"
-    if kind == "apgd_ce":
-        r = spec.get("restarts", 1)
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise AdvrwError(f"{where}.restarts={r!r} is invalid: must be an integer >= 1")
-    if kind != "mde":
-        return
-    steps, cp = spec.get("steps", 50), spec.get("change_point", 20)
-    for key, v in (("steps", steps), ("change_point", cp), ("n_target_classes", spec.get("n_target_classes", 9))):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise AdvrwError(f"{where}.{key}={v!r} is invalid: must be an integer >= 1")
-    if steps < 2 or cp >= steps:
-        raise AdvrwError(f"{where}.change_point={cp} is invalid: must be < steps ({steps}), and steps >= 2")
-    stages = list(spec.get("stages", STAGES))
-    if not stages or any(s not in STAGES for s in stages):
-        raise AdvrwError(f"{where}.stages={stages} is invalid: choose from {', '.join(STAGES)}")

@@ -9,6 +9,7 @@ the entry point's validator on each, and check the output dir -- all before any 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import sys
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from advrw.config import CONF_DIR
 from advrw.core.errors import AdvrwError
-from advrw.config.validation import preflight, resumed_view, suggest
+from advrw.config import resume as resume_cfg
+from advrw.config.validation import preflight, suggest
 from advrw.core.keys import override_key
 
 MAX_JOBS = 256
@@ -120,6 +122,35 @@ def check_output_dir(overrides: list[str], multirun: bool, resume: str | None) -
                  "to continue it, or choose a new dir (nothing was changed)")
 
 
+def _last_epoch(run_dir: Path) -> int | None:
+    try:
+        lines = [ln for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        return int(json.loads(lines[-1])["epoch"]) if lines else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def finished_resume(resume: str, overrides: list[str]) -> None:
+    """``resume=`` of a run that trained and evaluated: say so and exit 0 before Hydra makes a run dir
+    (a new dir would hold only hard links and read later as an unfinished run). A resume that raises
+    ``schedule.epochs`` past the epochs trained goes on (it trains more)."""
+    p = Path(resume).expanduser()
+    run_dir = p if p.is_dir() else p.parent
+    res = run_dir / "results.json"
+    if not res.is_file():
+        return
+    done = _last_epoch(run_dir)
+    more = next((o.split("=", 1)[1] for o in overrides if override_key(o) == "schedule.epochs"), None)
+    try:
+        if more is not None and (done is None or int(more) > done):
+            return
+    except ValueError:
+        return  # a bad value: the validation below names it
+    print(f"advrw: run {run_dir} is complete ({done} epochs trained and evaluated); its results are in {res} "
+          "(nothing to do, no new run dir)")
+    sys.exit(0)
+
+
 # Top-level keys a config reads that its composition does not show (train's eval.n_eval reads n_eval).
 READ_EXTRA = {"train": {"n_eval"}, "eval": set()}
 # Evaluation settings that are lists evaluated inside one job: a sweep over them is a list.
@@ -191,6 +222,8 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
         fail(f"sweep={sweep} launches a sweep: add -m (python -m advrw.{config_name} -m sweep={sweep} ...)")
     resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
     check_output_dir(overrides, multirun, resume if resume not in (None, "null") else None)
+    if config_name == "train" and not multirun and resume not in (None, "null"):
+        finished_resume(resume, overrides)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         if multirun:  # a sweep a config sets (hydra.sweeper.params, e.g. a sweep preset) is checked too
@@ -200,6 +233,7 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
             jobs = job_overrides(overrides, multirun)
         except Exception as err:
             fail(one_line(err))
+        check_hydra_groups(compose, config_name, overrides)
         if any(o.startswith("+") for o in overrides):
             check_added_keys(config_name, overrides, compose(config_name=config_name, overrides=[]))
         composed = []
@@ -210,8 +244,8 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
                 fail(one_line(err, _candidates(_groups_only(compose, config_name, job))))
             try:
                 if config_name == "train" and cfg.get("resume"):  # validate the run it continues
-                    preflight(config_name, cfg)
-                    cfg = resumed_view(cfg, job)
+                    _, saved = resume_cfg.training_checkpoint(cfg, mmap=True)
+                    cfg = resume_cfg.merge(cfg, saved, job, resume_cfg.group_choices(job))
                 validate(cfg)
             except AdvrwError as err:
                 fail(str(err) + (f"  [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
@@ -222,6 +256,17 @@ def precheck(config_name: str, validate, argv: list[str] | None = None) -> None:
             except AdvrwError as err:
                 fail(str(err) + (f"  [job: {' '.join(job)}]" if multirun and len(jobs) > 1 else ""))
     GlobalHydra.instance().clear()
+
+
+def check_hydra_groups(compose, config_name: str, overrides: list[str]) -> None:
+    """Hydra's own groups (``hydra/launcher=``, ``hydra/sweeper=``): an unknown option in one line."""
+    picks = [o for o in overrides if override_key(o).startswith("hydra/")]
+    if not picks:
+        return
+    try:
+        compose(config_name=config_name, overrides=picks, return_hydra_config=True)
+    except Exception as err:
+        fail(one_line(err))
 
 
 def sweeper_params(compose, config_name: str, overrides: list[str]) -> dict:

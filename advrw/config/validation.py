@@ -16,32 +16,30 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-import os
-from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from advrw.attacks.objectives import OBJECTIVES
 from advrw.attacks.fat import validate_attack
-from advrw.attacks.mde import validate_eval_attack
+from advrw.attacks import registry
 from advrw.attacks.engine import BN_MODES, INITS, check_budget
 from advrw.methods.awp import validate_minimizer
 from advrw.methods.ema import validate_ema
-from advrw.evaluation.bestlast import validate_checkpoint_choice
 from advrw.data.mixed import validate_extra
 from advrw.data.subsets import RULES as SUBSET_RULES
+from advrw.config import resume as resume_cfg
+from advrw.core import checkpoints as ckpt_io
 from advrw.core.errors import AdvrwError
 from advrw.core.hardware import resolve_device, validate_runtime
-from advrw.core.keys import CHECKPOINT_CHOICES, INVOCATION_KEYS, as_list, override_key
+from advrw.core.keys import CHECKPOINT_CHOICES, as_list, validate_checkpoint_choice
 from advrw.methods.weighting import COMBINES, CONTROL_KEYS, SCHEMES
 from advrw.methods import defenses
 from advrw.methods.defenses import DEFENSES
 from advrw.data import DATASET_NAMES
 from advrw.models import MODEL_NAMES, validate_model
-from advrw.data import archive, sources
+from advrw.data.checks import check_data_files
 from advrw.data.options import default_data_root, opt_path
-from advrw.evaluation.suite import ATTACK_KINDS, selected_attacks
+from advrw.attacks.registry import selected_attacks
 
 ATTACK_LOSSES = ("auto", "ce", "kl", "cw", "scaled_ce")
 _ABSENT = object()
@@ -231,20 +229,6 @@ DEFENSE_RULES = {
     "mart": [("lambda_mart", number(ge=0)), ("detach_nat", boolean()), ("label_smoothing", number(ge=0, lt=1))],
 }
 
-# eval.attacks.<name>.* by kind
-ATTACK_SPEC_RULES = {
-    "pgd": [("steps", integer(ge=1)), ("step", number(gt=0)), ("restarts", integer(ge=1)),
-            ("init", choice(*INITS)), ("objective", choice(*OBJECTIVES)), ("scale", number(gt=0)),
-            ("alpha", number(ge=0))],
-    "fgsm": [],
-    "autoattack": [("version", choice("standard", "plus", "rand"))],
-    "square": [("n_queries", integer(ge=1)), ("p_init", number(gt=0, le=1))],
-    "spsa": [("nb_iter", integer(ge=1)), ("delta", number(gt=0)), ("lr", number(gt=0)),
-             ("nb_sample", integer(ge=1)), ("batch_size", integer(ge=1)), ("max_batch_size", integer(ge=1))],
-    "fmn": [("steps", integer(ge=1))],
-}
-
-
 # ----------------------------------------------------------------------------------- validators
 
 
@@ -316,12 +300,7 @@ def validate_eval(cfg: DictConfig) -> None:
     check(cfg.eval, EVAL_RULES, prefix="eval.")
     ev = cfg.eval
     for name, spec in (ev.attacks or {}).items():
-        kind = spec.get("kind")
-        check(spec, [("kind", choice(*ATTACK_KINDS))], prefix=f"eval.attacks.{name}.")
-        check(spec, ATTACK_SPEC_RULES.get(kind, []), prefix=f"eval.attacks.{name}.")
-        if kind == "pgd":
-            check_budget(ev.eps, spec.step, spec.steps, spec.get("init", "uniform"), prefix=f"eval.attacks.{name}")
-        validate_eval_attack(name, spec)  # apgd_ce / mde keys
+        registry.validate(f"eval.attacks.{name}", spec, ev.eps)  # each kind's rules (advrw/attacks/registry.py)
     for name in as_list(ev.get("only")):
         if name not in (ev.attacks or {}):
             raise AdvrwError(f"eval.only names attack {name!r}, which eval={ev.name} does not have: "
@@ -378,92 +357,15 @@ def resolves(cfg: DictConfig) -> None:
 # ----------------------------------------------------------------------------------- files
 
 
-def _readable_checkpoint(path: Path, key: str) -> None:
-    """A cheap look (no unpickling): a file we can read that starts like a torch save."""
-    if not path.is_file():
-        raise AdvrwError(f"{key}={path} does not exist")
-    if not os.access(path, os.R_OK):
-        raise AdvrwError(f"{key}={path} is not readable (permissions)")
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch's zip format, or a legacy pickle
-        raise AdvrwError(f"{key}={path} is unreadable: not a torch checkpoint")
-
-
-def check_data_files(d: DictConfig) -> None:
-    """The data set's files exist (what ``build_data`` would fail on after the run dir exists)."""
-    name = d.name
-    root = opt_path(d, "root")
-    if name in sources.TORCHVISION_NAMES:
-        root = root or default_data_root()
-        missing = sources.missing_torchvision_files(name, root)
-        if missing and not d.get("download", False):
-            shown = ", ".join(f"'{p}'" for p in missing[:3]) + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
-            raise AdvrwError(f"dataset.name={name}: missing {shown} under dataset.root='{root}' and "
-                             "dataset.download=false: set dataset.download=true (needs internet) or point "
-                             "dataset.root= at a local copy")
-    elif name in ("imagefolder", "tinyimagenet"):
-        if root is not None:
-            archive.source_kind(root)
-    elif name == "npz" and root is not None:
-        for f in ("train.npz", "test.npz"):
-            if not (root / f).is_file():
-                raise AdvrwError(f"dataset.root='{root}' has no {f}: for dataset.name=npz it must hold train.npz "
-                                 "and test.npz")
-    extra = opt_path(d, "extra_npz")
-    if extra is not None and not extra.is_file():
-        raise AdvrwError(f"dataset.extra_npz='{extra}' does not exist: must be an .npz with 'image' and 'label'")
-
-
-def _resume_file(cfg: DictConfig) -> Path:
-    p = Path(str(cfg.resume)).expanduser()
-    return p / "last.pt" if p.is_dir() else p
-
-
-def resumed_view(cfg: DictConfig, job: list[str]) -> DictConfig:
-    """What a resumed run will validate: the checkpoint's config with this command line's keys on top.
-
-    (``advrw.train`` refuses changes a resume may not make; this only needs the values.)
-    """
-    import torch
-
-    path = _resume_file(cfg)
-    saved = None
-    for mmap in (True, False):  # mmap reads only the pickled config of a zip checkpoint
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-            break
-        except Exception as err:  # any unpickling failure is "unreadable"
-            last = " ".join(str(err).split())[:200] or type(err).__name__
-    if saved is None:
-        raise AdvrwError(f"resume={cfg.resume}: {path} is unreadable ({last})")
-    if not isinstance(saved, dict) or "config" not in saved or "optimizer" not in saved:
-        raise AdvrwError(f"resume={cfg.resume}: {path} is not an advrw training checkpoint (no config/optimizer)")
-    view = OmegaConf.create(saved["config"])
-    for o in job:
-        key = override_key(o)
-        if not key.startswith("hydra") and "@" not in key and "=" in o:
-            OmegaConf.update(view, key, OmegaConf.select(cfg, key), force_add=True)
-    for key in INVOCATION_KEYS:
-        view[key] = cfg.get(key)
-    return view
-
-
 def preflight(config_name: str, cfg: DictConfig) -> None:
     """File checks of the command-line precheck: data set files, the checkpoint to resume or evaluate."""
     if config_name == "train":
         if cfg.get("resume"):
-            p = _resume_file(cfg)
-            if not p.exists():
-                raise AdvrwError(f"resume={cfg.resume} has no checkpoint: expected a run dir with last.pt or a .pt file")
-            _readable_checkpoint(p, "resume")
+            resume_cfg.training_checkpoint(cfg, mmap=True)
             return  # the data set is the checkpoint's: checked when it is read
-        check_data_files(cfg.dataset)
+        check_data_files(cfg.dataset)  # advrw.data.checks: files and npz contents
     elif config_name == "eval" and not OmegaConf.is_missing(cfg, "ckpt"):
-        p = Path(str(cfg.ckpt)).expanduser()
-        if p.is_dir():  # eval.checkpoint picks the file; another kind (e.g. both) needs one of them
-            kinds = [cfg.eval.checkpoint] if cfg.eval.checkpoint in ("last", "best") else ["last", "best"]
-            p = next((p / f"{k}.pt" for k in kinds if (p / f"{k}.pt").is_file()), p / f"{kinds[0]}.pt")
-        if not p.is_file():
-            raise AdvrwError(f"ckpt={cfg.ckpt} does not exist" + (f" (looked for {p})" if p != Path(str(cfg.ckpt)) else ""))
-        _readable_checkpoint(p, "ckpt")
+        kind = cfg.eval.checkpoint if cfg.eval.checkpoint in ("last", "best") else "last"
+        for k in ([kind] if cfg.eval.checkpoint != "both" else ["best", "last"]):
+            path = ckpt_io.resolve(cfg.ckpt, k, key="ckpt")
+            ckpt_io.read(path, trust=bool(cfg.get("ckpt_trust", False)), key="ckpt", mmap=True)

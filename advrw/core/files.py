@@ -1,7 +1,13 @@
-"""Plain files of a run dir: JSON records written whole (temp file + rename) and the writable check."""
+"""Plain files of a run dir, written whole: a temp file, fsync, then rename over the target.
+
+A failed write (disk full, read-only) removes its temp file and raises one line naming the path
+(:class:`CheckpointWriteError`, exit 4), so no ``.tmp`` or 0-byte file is ever left behind.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -9,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from advrw.core.errors import AdvrwError
+from advrw.core.errors import AdvrwError, CheckpointWriteError
 
 
 def jsonable(value):
@@ -25,13 +31,66 @@ def jsonable(value):
     return value
 
 
+def os_error(err: BaseException) -> OSError | None:
+    """The OSError behind ``err``: torch wraps a failed write in a RuntimeError ("unexpected pos")."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def describe_os_error(err: OSError | None) -> str:
+    if err is None:
+        return "write failed"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on device"
+    return os.strerror(err.errno).lower() if err.errno else str(err)
+
+
+def write_error(err: BaseException, path: Path | None = None) -> CheckpointWriteError | None:
+    """A one-line error for a failed write, or None if ``err`` is not an I/O failure."""
+    inner = os_error(err)
+    if inner is None or inner.errno is None:
+        return None
+    where = path if path is not None else inner.filename
+    shown = f" {str(where)!r}" if where else ""
+    return CheckpointWriteError(f"cannot write{shown}: {describe_os_error(inner)}")
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, what: str = "file"):
+    """``with atomic_write(p) as f:`` writes ``p`` whole or not at all (binary file object)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, (OSError, RuntimeError)):  # torch.save reports ENOSPC as a RuntimeError
+            kept = f"; the previous {path.name} is kept" if path.exists() else ""
+            raise CheckpointWriteError(f"cannot write {what} {str(path)!r}: "
+                                       f"{describe_os_error(os_error(err))}{kept}") from None
+        raise
+
+
 def write_json(path: Path, obj) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(jsonable(obj), indent=2))
-    tmp.replace(path)
+    text = json.dumps(jsonable(obj), indent=2).encode()
+    with atomic_write(path, "record") as f:
+        f.write(text)
 
 
 def check_writable(run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointWriteError(f"cannot create output dir {str(run_dir)!r}: {describe_os_error(err)}") from None
     if not os.access(run_dir, os.W_OK):
         raise AdvrwError(f"output dir {str(run_dir)!r} is not writable: pick another hydra.run.dir")

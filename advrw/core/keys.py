@@ -10,8 +10,10 @@ from collections.abc import Iterable, Mapping
 
 from omegaconf import OmegaConf
 
+from advrw.core.errors import AdvrwError
+
 # Settings of this invocation, not of the run: a resumed run takes them from its new command line.
-INVOCATION_KEYS = ("resume", "stop_after", "device", "progress", "checkpoint_every")
+INVOCATION_KEYS = ("resume", "ckpt_trust", "stop_after", "device", "progress", "checkpoint_every")
 # Where the data files are, not which data: a run moved to another machine is the same run.
 LOCATION_KEYS = ("dataset.root", "dataset.download", "dataset.cache_dir")
 # How a run is logged and annotated.
@@ -62,3 +64,11 @@ def without(config: Mapping, keys: Iterable[str] = NOT_IDENTITY) -> dict:
             out[k] = walk(v, dotted + ".") if isinstance(v, Mapping) else v
         return out
     return walk(config, "")
+
+
+def validate_checkpoint_choice(cfg) -> None:
+    """Training's ``eval.checkpoint``: best / both need a validation split to choose best.pt on."""
+    choice = cfg.eval.checkpoint
+    if choice in ("best", "both") and not cfg.dataset.val_size:
+        raise AdvrwError(f"eval.checkpoint={choice} needs a validation split: set dataset.val_size > 0 "
+                         "(best.pt is chosen on it, never on the test set) or eval.checkpoint=last")

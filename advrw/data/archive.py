@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import re
+import signal
 import tarfile
 import tempfile
 import time
@@ -56,6 +57,8 @@ def source_kind(path: Path, key: str = "dataset.root") -> str:
         return "dir"
     if not path.exists():
         raise AdvrwError(f"{key}='{path}' does not exist: must be a folder or a .tar.gz/.tgz/.tar/.zip archive")
+    if not os.access(path, os.R_OK):
+        raise AdvrwError(f"{key}='{path}' is not readable (permissions)")
     lower = path.name.lower()
     if lower.endswith(".zip") and zipfile.is_zipfile(path):
         return "zip"
@@ -157,6 +160,16 @@ def _decode_range(bounds: tuple[int, int]) -> tuple[int, np.ndarray, tuple[int, 
     return lo, out, None
 
 
+def _worker_signals() -> None:
+    """A decode worker ignores the parent's handlers: SIGINT is the parent's to act on, SIGTERM
+    (the pool closing) just ends the worker -- a forked copy of the run's guard would log a stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for name in ("SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
 def _fork_context():
     try:
         return multiprocessing.get_context("fork")
@@ -200,7 +213,7 @@ def decode_images(blobs: list[bytes], names: list[str], mode: str, where: str, w
     _JOB = (blobs, mode, (w0, h0))
     try:
         if ctx is not None:
-            with ctx.Pool(workers) as pool:
+            with ctx.Pool(workers, initializer=_worker_signals) as pool:
                 results = list(pool.imap_unordered(_decode_range, ranges))
         else:
             results = map(_decode_range, ranges)

@@ -132,8 +132,6 @@ def build_data(cfg: Any, device: torch.device | str) -> DataBundle:
             f"dataset.val_size={val_size} is invalid: must be < dataset.n_train={n_train} "
             "(the validation split is taken from the training set)"
         )
-    if extra is not None and not extra.is_file():
-        raise AdvrwError(f"dataset.extra_npz='{extra}' does not exist: must be an .npz with 'image' and 'label'")
 
     t0 = time.perf_counter()
     raw = _load(name, cfg)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gzip
 import logging
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -138,44 +140,74 @@ def load_torchvision(name: str, root: Path, download: bool) -> RawData:
     return RawData(_images(name, train), _labels(name, train), _images(name, test), _labels(name, test), classes)
 
 
-def read_npz(path: Path, what: str) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
-    """Read ``image`` (uint8 NHWC, or NHW for one channel) and ``label`` from an ``.npz``.
+@dataclass(frozen=True)
+class NpzInfo:
+    """What :func:`inspect_npz` learns without reading the images: rows, NHWC shape, label range."""
 
-    Returns uint8 NCHW images, int64 labels and the ``classes`` array if the file has one.
-    ``what`` names the config key in error messages (e.g. ``dataset.extra_npz``).
-    """
+    rows: int
+    shape: tuple[int, ...]  # images as stored: NHWC (or NHW for one channel)
+    label_max: int
+    classes: list[str] | None
+
+
+def _npy_header(zf: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    with zf.open(name + ".npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fh)
+    return tuple(shape), dtype
+
+
+def inspect_npz(path: Path, what: str) -> NpzInfo:
+    """Check an ``.npz`` of ``image`` (uint8 NHWC or NHW) and ``label`` (N integers >= 0) cheaply:
+    image headers and the labels only, so the precheck can do it for every job of a sweep."""
+    shown = f"{what}='{path}'"
+    if path.is_dir():
+        raise AdvrwError(f"{shown} is a directory: must be an .npz file with 'image' and 'label' arrays")
     if not path.is_file():
-        raise AdvrwError(f"{what}='{path}' does not exist: must be an .npz file with 'image' and 'label' arrays")
+        raise AdvrwError(f"{shown} does not exist: must be an .npz file with 'image' and 'label' arrays")
+    if not zipfile.is_zipfile(path):
+        raise AdvrwError(f"{shown} is not an npz archive (numpy.savez writes one): must hold 'image' and 'label'")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = set(z.files)
+        with zipfile.ZipFile(path) as zf:
+            keys = {n.removesuffix(".npy") for n in zf.namelist()}
             if not {"image", "label"} <= keys:
-                raise AdvrwError(
-                    f"{what}='{path}' has arrays {sorted(keys)}: must contain 'image' (uint8 NHWC) and 'label'"
-                )
-            images, labels = z["image"], z["label"]
+                raise AdvrwError(f"{shown} has arrays {sorted(keys)}: must contain 'image' (uint8 NHWC) and 'label'")
+            shape, dtype = _npy_header(zf, "image")
+        with np.load(path, allow_pickle=False) as z:
+            labels = np.asarray(z["label"])
             classes = [str(c) for c in z["classes"].tolist()] if "classes" in keys else None
     except AdvrwError:
         raise
     except Exception as err:
-        raise AdvrwError(f"{what}='{path}' cannot be read as .npz ({_one_line(err)})") from err
-    if images.dtype != np.uint8:
-        raise AdvrwError(f"{what}='{path}' has image dtype {images.dtype}: must be uint8 NHWC")
+        raise AdvrwError(f"{shown} cannot be read as .npz ({_one_line(err)})") from err
+    if dtype != np.uint8:
+        raise AdvrwError(f"{shown} has image dtype {dtype}: must be uint8 NHWC")
+    if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3))):
+        raise AdvrwError(f"{shown} has image shape {shape}: must be uint8 NHWC with 1 or 3 channels (or NHW)")
+    if shape[0] == 0:
+        raise AdvrwError(f"{shown} has 0 images: must hold at least one")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or labels.shape[0] != shape[0]:
+        hint = " (one-hot? store the class indices, e.g. labels.argmax(1))" if labels.ndim == 2 else ""
+        raise AdvrwError(f"{shown} has label array {labels.dtype} {labels.shape}: must be a 1-D array of "
+                         f"{shape[0]} integer class indices{hint}")
+    if labels.min() < 0:
+        raise AdvrwError(f"{shown} has label {int(labels.min())}: labels must be >= 0")
+    return NpzInfo(int(shape[0]), shape, int(labels.max()), classes)
+
+
+def read_npz(path: Path, what: str) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
+    """Read ``image`` (uint8 NHWC, or NHW for one channel) and ``label`` from an ``.npz`` that
+    passes :func:`inspect_npz`. Returns uint8 NCHW images, int64 labels and ``classes`` if present.
+    ``what`` names the config key in error messages (e.g. ``dataset.extra_npz``).
+    """
+    info = inspect_npz(path, what)
+    with np.load(path, allow_pickle=False) as z:
+        images, labels = z["image"], z["label"]
     if images.ndim == 3:
         images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise AdvrwError(
-            f"{what}='{path}' has image shape {images.shape}: must be uint8 NHWC with 1 or 3 channels"
-        )
-    labels = np.asarray(labels).reshape(-1)
-    if not np.issubdtype(labels.dtype, np.integer) or labels.shape[0] != images.shape[0]:
-        raise AdvrwError(
-            f"{what}='{path}' has label {labels.dtype} {labels.shape}: must be {images.shape[0]} integers"
-        )
-    if labels.size and labels.min() < 0:
-        raise AdvrwError(f"{what}='{path}' has label {int(labels.min())}: labels must be >= 0")
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
-    return x, torch.from_numpy(labels.astype(np.int64)), classes
+    return x, torch.from_numpy(labels.astype(np.int64)), info.classes
 
 
 def load_npz_dir(root: Path, num_classes: int | None) -> RawData:

@@ -25,7 +25,7 @@ def kinds(choice: str) -> list[str]:
 
 def protocol(kind: str, path: Path, state: dict) -> dict:
     """``protocol.checkpoint`` of one scored checkpoint; best's says how it was chosen."""
-    out = {"path": str(path), "kind": kind, "epoch": state.get("epoch")}
+    out = {"path": str(Path(path).resolve()), "kind": kind, "epoch": state.get("epoch")}
     if kind == "best" and "config" in state:
         ds = state["config"].get("dataset", {})
         out["selected_on"] = {"split": "validation", "metric": "val_robust (PGD, see config.validation)",
@@ -70,11 +70,3 @@ def run_dir_for_both(ckpt: str) -> Path:
         raise AdvrwError(f"eval.checkpoint=both: {p} has no best.pt (it is chosen on the validation split: "
                          "train with dataset.val_size > 0), or use eval.checkpoint=last")
     return p
-
-
-def validate_checkpoint_choice(cfg) -> None:
-    """Training: best / both need a validation split to choose best.pt on."""
-    choice = cfg.eval.checkpoint
-    if choice in ("best", "both") and not cfg.dataset.val_size:
-        raise AdvrwError(f"eval.checkpoint={choice} needs a validation split: set dataset.val_size > 0 "
-                         "(best.pt is chosen on it, never on the test set) or eval.checkpoint=last")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from advrw.core.errors import AdvrwError
 from advrw.evaluation.metrics import histogram
@@ -54,7 +55,13 @@ def _save(fig: Figure, path) -> Path:
         raise AdvrwError(f"path={str(path)!r} is invalid: plots are written as .png files")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, format="png")
+    tmp = out.with_name(f".{out.name}.tmp")  # whole or not at all: never a 0-byte PNG
+    try:
+        fig.savefig(tmp, format="png")
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fig.clf()  # drop artists now; the Figure itself is garbage once we return
     return out
 
@@ -161,11 +168,14 @@ def plot_class_weight_sums(per_epoch_sums, classes: Sequence | None, path,
     epochs = np.arange(1, s.shape[0] + 1)
     fig = _new((6.5, 4.0))
     ax = fig.add_subplot()
+    styles = ("-", "--", ":", "-.")  # tab10 has 10 colours: a style per colour cycle tells classes 0 and 10 apart
     for j, name in enumerate(names):
-        ax.plot(epochs, s[:, j], label=name, marker="o" if s.shape[0] < 20 else None, markersize=3)
+        ax.plot(epochs, s[:, j], label=name, marker="o" if s.shape[0] < 20 else None, markersize=3,
+                linestyle=styles[(j // 10) % len(styles)])
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_ylabel("sum of weights")
     ax.set_title(title)
     if len(names) <= 20:
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the lines
     return _save(fig, path)

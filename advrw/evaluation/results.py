@@ -13,10 +13,11 @@ log = logging.getLogger(__name__)
 
 
 def figures(run_dir: Path, results: dict, arrays: dict, classes: list[str]) -> list[Path]:
-    """PNGs for people who do not use W&B; returns the written paths."""
+    """PNGs for people who do not use W&B, in ``<run>/figures/``; returns the written paths."""
     from advrw.evaluation import plots  # deferred: matplotlib, only when figures are made
 
     out = []
+    run_dir = run_dir / "figures"  # beside the records, not among them
     attacks = results.get("attacks", {})
     for name in attacks:
         cm = arrays["confusion"][name]
@@ -73,6 +74,7 @@ def wandb_tables(runlog: RunLog, results: dict, arrays: dict, classes: list[str]
 def write_report(run_dir: Path, results: dict, arrays: dict, classes: list[str], runlog: RunLog | None,
                  plots: bool = True) -> None:
     run_dir = Path(run_dir)
+    results["classes"] = [str(c) for c in classes]  # the per-class arrays' order, readable without the data
     write_json(run_dir / "results.json", results)
     log.info("results (%s):\n%s", run_dir / "results.json", table(results))
     if plots:
@@ -83,4 +85,4 @@ def write_report(run_dir: Path, results: dict, arrays: dict, classes: list[str],
             log.warning("figures failed: %s: %s", type(err).__name__, err)
     if runlog is not None:
         wandb_tables(runlog, results, arrays, classes)
-        runlog.images(sorted(run_dir.glob("*.png")))  # this evaluation's figures (and training's weight sums)
+        runlog.images(sorted((run_dir / "figures").glob("*.png")))  # this evaluation's figures (and training's)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from omegaconf import OmegaConf
@@ -22,8 +23,12 @@ def as_float(x_uint8):
     return x_uint8.float().div_(255)
 
 
-def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, subset: tuple, runtime: dict | None = None) -> dict:
-    """The evaluation suite on the test set with the configured checkpoint (last, best or both)."""
+def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, subset: tuple, runtime: dict | None = None,
+               between_attacks: Callable[[], None] | None = None) -> dict:
+    """The evaluation suite on the test set with the configured checkpoint (last, best or both).
+
+    ``between_attacks()`` is called at each safe stopping point (the training loop's signal guard
+    raises ``Interrupted`` there when a signal arrived)."""
     idx, picked = subset  # (indices, record) from advrw.data.subsets.eval_subset
     x, y = as_float(data.test_x[idx.to(data.test_x.device)]), data.test_y[idx.to(data.test_y.device)]
     ev = OmegaConf.to_container(cfg.eval, resolve=True)
@@ -51,5 +56,7 @@ def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, subset: tuple, r
             lambda: run_suite(model, x, y, ev, num_classes=data.num_classes, progress=bool(cfg.progress)),
             lambda kind, path, state, w=which: protocol_of(kind, path, state, w))
     results = weight_avg.merge(per_weights)
+    if between_attacks is not None:
+        between_attacks()
     write_report(run_dir, results, arrays, data.classes, runlog, plots=bool(cfg.eval.plots))
     return results

@@ -15,17 +15,12 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from advrw.evaluation import metrics
-from advrw.attacks import fgsm, model_mode, pgd
+from advrw.attacks import fgsm, model_mode, pgd, registry
+from advrw.attacks.registry import selected_attacks
 from advrw.core.keys import as_list
-from advrw.attacks import external
-from advrw.attacks.mde import STAGES, run_mde
+from advrw.evaluation import metrics
 
 log = logging.getLogger(__name__)
-
-ATTACK_KINDS = ("fgsm", "pgd", "autoattack", "apgd_ce", "mde", "square", "spsa", "fmn")
-# Protocol keys an APGD-CE-only run keeps from the AutoAttack adapter's record.
-_APGD_KEYS = ("library", "library_version", "attacks", "n_iter", "norm", "batch_size", "n_invalid")
 
 
 @dataclass
@@ -48,21 +43,6 @@ def predict(model, x, batch_size):
         return torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
 
 
-def _pgd_protocol(name, spec, eps, n, seed):
-    kind = spec["kind"]
-    if kind == "fgsm":
-        return {"attack": "fgsm", "eps": eps, "steps": 1, "step": eps, "restarts": 1, "init": "none",
-                "n_eval": n, "seed": seed}
-    proto = {"attack": "pgd", "objective": spec.get("objective", "ce"), "eps": eps, "steps": int(spec["steps"]),
-             "step": float(spec["step"]), "restarts": int(spec.get("restarts", 1)),
-             "init": spec.get("init", "uniform"), "n_eval": n, "seed": seed}
-    if proto["objective"] == "scaled_ce":
-        proto["scale"] = float(spec.get("scale", 10.0))
-    if proto["objective"] == "weighted_ce":
-        proto["alpha"] = float(spec.get("alpha", 1.0))
-    return proto
-
-
 def white_box(model, x, y, spec, eps, *, batch_size, seed, only=None, desc="attack", progress=True,
               clean_logits=None):
     """FGSM / PGD-k from the shared engine, batched; returns adversarial logits for all of x.
@@ -71,13 +51,13 @@ def white_box(model, x, y, spec, eps, *, batch_size, seed, only=None, desc="atta
     (pass ``clean_logits`` when the caller has them, to skip that forward).
     """
     n = len(x)
-    proto = _pgd_protocol(desc, spec, eps, n, seed)
+    proto = {**registry.white_box_protocol(spec, eps), "n_eval": n, "seed": seed}
     logits = (predict(model, x, batch_size) if clean_logits is None else clean_logits).clone()
     idx = torch.arange(n, device=x.device) if only is None else only.nonzero().squeeze(1)
     gen = _generator(x.device, seed)
     for start in tqdm(range(0, len(idx), batch_size), desc=desc, disable=not progress, leave=False):
         b = idx[start:start + batch_size]
-        if spec["kind"] == "fgsm":
+        if proto["attack"] == "fgsm":
             res = fgsm(model, x[b], y[b], eps=eps, final_logits=True)
         else:
             res = pgd(model, x[b], y[b], eps=eps, step=proto["step"], steps=proto["steps"], init=proto["init"],
@@ -87,41 +67,13 @@ def white_box(model, x, y, spec, eps, *, batch_size, seed, only=None, desc="atta
     return AttackOutput(logits, logits.argmax(1) == y, proto, {})
 
 
-def _library_attack(model, x, y, spec, eps, *, batch_size, seed):
-    kind = spec["kind"]
-    if kind == "autoattack":
-        return external.run_autoattack(model, x, y, eps=eps, version=spec.get("version", "standard"), seed=seed,
-                                       batch_size=batch_size)
-    if kind == "apgd_ce":  # AutoAttack's first stage alone, its official budget (100 iterations)
-        res = external.run_autoattack(model, x, y, eps=eps, seed=seed, batch_size=batch_size, attacks=["apgd-ce"],
-                                      apgd_restarts=int(spec.get("restarts", 1)))
-        res.protocol = {**{k: res.protocol[k] for k in _APGD_KEYS}, "loss": "ce",
-                        "restarts": res.protocol["restarts"]["apgd-ce"]}
-        res.per_attack = {}
-        return res
-    if kind == "mde":
-        return run_mde(model, x, y, eps=eps, steps=int(spec.get("steps", 50)),
-                       change_point=int(spec.get("change_point", 20)),
-                       n_target_classes=int(spec.get("n_target_classes", 9)), stages=spec.get("stages", STAGES),
-                       seed=seed, batch_size=batch_size)
-    if kind == "square":
-        return external.run_square(model, x, y, eps=eps, n_queries=int(spec.get("n_queries", 5000)),
-                                   p_init=float(spec.get("p_init", 0.8)), seed=seed, batch_size=batch_size)
-    if kind == "spsa":  # each image costs nb_sample forwards per iteration: small batches
-        return external.run_spsa(model, x, y, eps=eps, delta=float(spec.get("delta", 0.001)),
-                                 lr=float(spec.get("lr", 0.01)), nb_iter=int(spec.get("nb_iter", 100)),
-                                 nb_sample=int(spec.get("nb_sample", 256)),
-                                 max_batch_size=int(spec.get("max_batch_size", 64)),
-                                 batch_size=int(spec.get("batch_size", 32)), seed=seed)
-    return external.run_fmn(model, x, y, eps=eps, steps=int(spec.get("steps", 100)), batch_size=batch_size, seed=seed)
-
-
 def black_box(model, x, y, spec, eps, *, batch_size, seed, only, desc, progress=True, clean_logits=None):
-    """AutoAttack / Square / SPSA / FMN through the maintained libraries (``advrw.attacks.external``).
+    """A library attack of the registry (AutoAttack, APGD-CE, MDE, Square, SPSA, FMN).
 
     Runs on the still-robust examples in chunks of ``batch_size`` (one tqdm step each); the
     libraries' per-attack accuracies are combined weighted by chunk size.
     """
+    kind, spec = registry.resolve(spec)
     idx = only.nonzero().squeeze(1)
     logits = (predict(model, x, batch_size) if clean_logits is None else clean_logits).clone()
     robust = torch.zeros(len(x), dtype=torch.bool, device=x.device)
@@ -131,7 +83,7 @@ def black_box(model, x, y, spec, eps, *, batch_size, seed, only, desc, progress=
     log.info("%s on %d still-robust examples", desc, len(idx))
     for start in tqdm(range(0, len(idx), batch_size), desc=desc, disable=not progress, leave=False):
         b = idx[start:start + batch_size]
-        res = _library_attack(model, x[b], y[b], spec, eps, batch_size=batch_size, seed=seed)
+        res = kind.run(model, x[b], y[b], spec, eps, batch_size=batch_size, seed=seed)
         logits[b] = predict(model, res.x_adv, batch_size)
         robust[b] = res.robust
         proto = dict(res.protocol)
@@ -140,20 +92,15 @@ def black_box(model, x, y, spec, eps, *, batch_size, seed, only, desc, progress=
         warnings += [w for w in getattr(res, "warnings", []) if w not in warnings]
     for w in warnings:
         log.warning("%s sanity check: %s", desc, w)
-    proto.update({"attack": spec["kind"], "eps": eps, "n_eval": len(x), "n_attacked": len(idx), "seed": seed})
+    if kind.trim is not None and proto:
+        proto = kind.trim(proto)
+    proto.update({"attack": kind.name, "eps": eps, "n_eval": len(x), "n_attacked": len(idx), "seed": seed})
     proto.pop("n", None)
     extra = {}
-    if spec["kind"] in ("autoattack", "mde"):
+    if kind.cascade:
         # robust accuracy over the whole evaluated set after each stage of the cascade
         extra = {"per_attack": {k: v / len(x) for k, v in per_attack.items()}, "warnings": warnings}
     return AttackOutput(logits, robust, proto, extra)
-
-
-def selected_attacks(ev) -> dict:
-    """The preset's attacks, narrowed to ``eval.only`` when given (names checked by the validator)."""
-    attacks = dict(ev.get("attacks") or {})
-    only = as_list(ev.get("only"))
-    return {k: v for k, v in attacks.items() if k in only} if only else attacks
 
 
 def _class_report(pred, y, num_classes):
@@ -166,12 +113,19 @@ def _key(value) -> str:
     return str(float(value))
 
 
-def nonuniform_report(model, x, y, base_logits, spec, eps, alphas, rhos, *, batch_size, seed, progress):
-    """Zeng et al.: A_rob, and per alpha_test A_sa (unweighted PGD) and A_tr (weighted PGD)."""
-    out = {"attack": _pgd_protocol("nonuniform", spec, eps, len(x), seed),
-           "A_rob": metrics.accuracy(base_logits, y), "alpha_test": {}, "dro": {}, "weights": {}}
+def nonuniform_report(model, x, y, base_logits, base_protocol, eps, alphas, rhos, *, batch_size, seed, progress):
+    """Zeng et al.: A_rob, and per alpha_test A_sa (unweighted PGD) and A_tr (weighted PGD).
+
+    ``base_logits`` come from the configured column's own run (one PGD per row): A_rob is that
+    column's robust accuracy, and ``attack`` is its protocol."""
+    out = {"attack": dict(base_protocol), "A_rob": metrics.accuracy(base_logits, y), "alpha_test": {}, "dro": {},
+           "weights": {}}
+    spec = {k: v for k, v in base_protocol.items() if k in ("steps", "step", "restarts", "init")}
+    spec = {"objective": "ce", "restarts": 1, "init": "uniform", **spec, "kind": "pgd"}
+    if base_protocol["attack"] == "fgsm":
+        spec.update(steps=1, step=eps, init="none")
     for a in alphas:
-        weighted = dict(spec, objective="weighted_ce", alpha=float(a), kind="pgd")
+        weighted = dict(spec, objective="weighted_ce", alpha=float(a))
         tr = white_box(model, x, y, weighted, eps, batch_size=batch_size, seed=seed,
                        desc=f"weighted PGD a={a}", progress=progress, clean_logits=base_logits)
         out["alpha_test"][_key(a)] = {
@@ -187,12 +141,46 @@ def nonuniform_report(model, x, y, base_logits, spec, eps, alphas, rhos, *, batc
     return out
 
 
-def run_suite(model, x, y, ev, *, num_classes, progress=True) -> tuple[dict, dict]:
+def _attack(model, x, y, name, spec, eps, *, bs, seed, progress, clean_logits, clean_correct, full):
+    """One column. ``full``: attack every example (the non-uniform metrics' weights need the whole
+    set); the clean point is kept wherever it already fools the model (a valid break at delta 0),
+    so the column's robust accuracy and A_rob are the same number."""
+    kind, _ = registry.resolve(spec)
+    if kind.white_box:
+        out = white_box(model, x, y, spec, eps, batch_size=bs, seed=seed, only=None if full else clean_correct,
+                        desc=name, progress=progress, clean_logits=clean_logits)
+    else:
+        out = black_box(model, x, y, spec, eps, batch_size=bs, seed=seed, only=clean_correct, desc=name,
+                        progress=progress, clean_logits=clean_logits)
+    keep_clean = ~clean_correct & (out.logits.argmax(1) == y)
+    out.logits[keep_clean] = clean_logits[keep_clean]
+    out.robust = out.robust & clean_correct
+    return out
+
+
+def _attack_record(out: AttackOutput, y, num_classes, base: bool) -> dict:
+    """What a finished column leaves for the rest of the suite (and for a resumed run)."""
+    entry = {"robust_accuracy": out.robust.float().mean().item(), "protocol": out.protocol,
+             **_class_report(out.logits.argmax(1), y, num_classes), **out.extra}
+    if out.protocol.get("attack") in ("pgd", "fgsm"):
+        entry["high_entropy_share"] = metrics.high_entropy_share(out.logits)
+    rec = {"entry": entry, "robust": out.robust.tolist()}
+    if base:
+        rec["logits"] = out.logits.tolist()
+    return rec
+
+
+def run_suite(model, x, y, ev, *, num_classes, progress=True, done=None, on_unit=None) -> tuple[dict, dict]:
     """Evaluate ``model`` on ``(x, y)`` (float [0,1], on the model's device) with config ``ev``.
 
     Returns ``(results, arrays)``: ``results`` is JSON-ready (numbers with protocols);
     ``arrays`` holds the tensors behind the figures (entropies, normalised weights, confusion).
+    Each attack (and the non-uniform metrics) is a unit: ``done`` maps unit names to records a
+    previous, interrupted run finished (they are not run again); ``on_unit(name, record)`` is
+    called after each unit this call runs. Every unit is seeded by itself, so a resumed
+    evaluation gives the same numbers as an uninterrupted one.
     """
+    done = dict(done or {})
     n, eps, seed, bs = len(x), float(ev["eps"]), int(ev["seed"]), int(ev["batch_size"])
     clean_logits = predict(model, x, bs)
     clean_correct = clean_logits.argmax(1) == y
@@ -206,36 +194,36 @@ def run_suite(model, x, y, ev, *, num_classes, progress=True) -> tuple[dict, dic
     alphas, rhos = as_list(ev.get("alpha_test")), as_list(ev.get("rho"))
     base_logits = None
     for name, spec in selected_attacks(ev).items():
-        spec = dict(spec)
-        wants_full = name == base_name and (alphas or rhos)
-        only = None if wants_full else clean_correct
-        if spec["kind"] in ("fgsm", "pgd"):
-            out = white_box(model, x, y, spec, eps, batch_size=bs, seed=seed, only=only, desc=name, progress=progress,
-                            clean_logits=clean_logits)
-        else:
-            out = black_box(model, x, y, spec, eps, batch_size=bs, seed=seed, only=clean_correct, desc=name,
-                            progress=progress, clean_logits=clean_logits)
-        robust = out.robust & clean_correct
-        robust_all &= robust
-        pred = out.logits.argmax(1)
-        entry = {"robust_accuracy": robust.float().mean().item(), "protocol": out.protocol,
-                 **_class_report(pred, y, num_classes), **out.extra}
-        if out.protocol.get("attack") in ("pgd", "fgsm"):
-            entry["high_entropy_share"] = metrics.high_entropy_share(out.logits)
+        base = name == base_name and bool(alphas or rhos)
+        rec = done.get(name)
+        if rec is None:
+            out = _attack(model, x, y, name, dict(spec), eps, bs=bs, seed=seed, progress=progress,
+                          clean_logits=clean_logits, clean_correct=clean_correct, full=base)
+            rec = _attack_record(out, y, num_classes, base or name == base_name)
+            if on_unit is not None:
+                on_unit(name, rec)
+        entry = rec["entry"]
+        robust_all &= torch.tensor(rec["robust"], dtype=torch.bool, device=x.device)
         results["attacks"][name] = entry
         arrays["robust_per_class"][name] = entry["per_class"]
         arrays["confusion"][name] = entry["confusion"]
-        if name == base_name:
-            base_logits = out.logits
-            arrays["entropy"] = metrics.prediction_entropy(out.logits).cpu()
-        log.info("%-14s robust accuracy %.2f%%  (%s)", name, 100 * entry["robust_accuracy"], _short(out.protocol))
+        if "logits" in rec:
+            base_logits = torch.tensor(rec["logits"], dtype=torch.float32, device=x.device)
+            arrays["entropy"] = metrics.prediction_entropy(base_logits).cpu()
+        log.info("%-14s robust accuracy %.2f%%  (%s)", name, 100 * entry["robust_accuracy"], _short(entry["protocol"]))
     if results["attacks"]:
         results["worst_case"] = {"robust_accuracy": robust_all.float().mean().item(),
                                  "attacks": list(results["attacks"]), "n_eval": n}
     if base_logits is not None and (alphas or rhos):
-        nu = nonuniform_report(model, x, y, base_logits, dict(ev["attacks"][base_name]), eps, alphas, rhos,
-                               batch_size=bs, seed=seed, progress=progress)
-        arrays["weights"] = nu.pop("weights")
+        nu = done.get("nonuniform")
+        if nu is None:
+            nu = nonuniform_report(model, x, y, base_logits, results["attacks"][base_name]["protocol"], eps, alphas,
+                                   rhos, batch_size=bs, seed=seed, progress=progress)
+            nu.pop("weights")
+            nu["attack"]["column"] = base_name  # A_rob is this column's number, from its one run
+            if on_unit is not None:
+                on_unit("nonuniform", nu)
+        arrays["weights"] = {float(a): metrics.nonuniform_weights(base_logits, y, float(a)).cpu() for a in alphas}
         results["nonuniform"] = nu
     return results, arrays
 
@@ -256,7 +244,7 @@ def table(results: dict) -> str:
         rows.append(("worst case", 100 * results["worst_case"]["robust_accuracy"], "per example over all attacks"))
     nu = results.get("nonuniform")
     if nu:
-        rows.append(("A_rob", 100 * nu["A_rob"], _short(nu["attack"])))
+        rows.append((f"A_rob (= {nu['attack'].get('column', 'its attack')})", 100 * nu["A_rob"], _short(nu["attack"])))
         for a, v in nu["alpha_test"].items():
             rows.append((f"A_sa a={a}", 100 * v["A_sa"], "unweighted PGD, weights at x+delta*"))
             rows.append((f"A_tr a={a}", 100 * v["A_tr"], f"weighted PGD alpha_test={a}"))

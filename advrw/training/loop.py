@@ -15,10 +15,10 @@ from tqdm import tqdm
 
 from advrw.config.validation import validate_train
 from advrw.core import hardware
-from advrw.core.errors import AdvrwError
-from advrw.core.files import check_writable, write_json
+from advrw.core.errors import Interrupted
+from advrw.core.files import check_writable, write_error, write_json
 from advrw.core.hardware import resolve_device, seed_everything
-from advrw.core.keys import INVOCATION_KEYS, RESUME_MUTABLE, override_key
+from advrw.core.keys import RESUME_MUTABLE
 from advrw.data import DeviceBatches, build_data, subsets
 from advrw.data.mixed import mixed_batches
 from advrw.data.subsets import take
@@ -26,10 +26,11 @@ from advrw.evaluation.runner import as_float, final_eval
 from advrw.evaluation.suite import predict, white_box
 from advrw.methods import ema as weight_avg
 from advrw.records.identity import hydra_swept, logger_settings
-from advrw.records.provenance import git_commit
+from advrw.records.provenance import git_state, job_command, record_continuation
 from advrw.records.runlog import RunLog
 from advrw.training.build import build_model_for, optimizer_and_scheduler, per_iteration, step_spec
 from advrw.training.lifecycle import RunState
+from advrw.training.rundir import RunLock
 from advrw.training.step import train_step
 
 log = logging.getLogger("advrw.train")
@@ -48,38 +49,14 @@ def validate_epoch(model, data, cfg, batch_size) -> dict:
             "val_robust": out.robust.float().mean().item(), "val_protocol": out.protocol}
 
 
-def _resume_config(cfg: DictConfig, saved: dict) -> DictConfig:
-    """The checkpoint's config with the command line's allowed changes applied."""
-    saved_cfg = OmegaConf.create(saved["config"])
-    choices = saved.get("choices", {})
-    now = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    for o in overrides:
-        key, value = override_key(o), o.partition("=")[2]
-        if key.startswith("hydra"):
-            continue
-        if key in choices:  # a group selection, e.g. model=wrn34_10
-            if key in RESUME_MUTABLE:
-                saved_cfg[key] = cfg[key]
-            elif now.get(key) != choices[key]:
-                raise AdvrwError(f"resume: {key}={now.get(key)} does not match the checkpoint's {key}={choices[key]}; "
-                                 "a resumed run keeps its config (start a new run instead)")
-            continue
-        if any(key == m or key.startswith(m + ".") for m in RESUME_MUTABLE):
-            OmegaConf.update(saved_cfg, key, OmegaConf.select(cfg, key), force_add=True)
-        elif OmegaConf.select(saved_cfg, key) != OmegaConf.select(cfg, key):
-            raise AdvrwError(f"resume: {key}={value} does not match the checkpoint's {key}="
-                             f"{OmegaConf.select(saved_cfg, key)}; a resumed run keeps its config")
-    for key in INVOCATION_KEYS:
-        saved_cfg[key] = cfg[key]
-    return saved_cfg
-
-
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train and evaluate; returns the results dict (also written to results.json)."""
-    state = RunState.open(cfg, run_dir, _resume_config)
-    with state.guard:  # from here a signal ends the run at a step boundary, with a checkpoint
-        return _train_and_evaluate(state, run_dir)
+    with RunLock(run_dir):  # one run per dir, before anything is written
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+        state = RunState.open(cfg, run_dir, overrides, choices)
+        with state.guard:  # from here a signal ends the run at a safe point, with a checkpoint
+            return _train_and_evaluate(state, run_dir)
 
 
 def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
@@ -111,15 +88,24 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
     resumed = state.resumed
     if resumed is not None:  # the run's groups are the checkpoint's, except the ones a resume may change
         choices = {**resumed.get("choices", {}), **{k: v for k, v in choices.items() if k in RESUME_MUTABLE}}
-    info = {"seed": int(cfg.seed), "git_commit": git_commit(), "command": " ".join(sys.argv),
-            "choices": choices, "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "resumed_from": resumed and resumed["path"], "start_epoch": state.start_epoch,
-            "runtime": runtime.record()}
+    git = git_state()
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
+    source = resumed and Path(resumed["path"]).resolve().parent
+    info = {"seed": int(cfg.seed), "git_commit": git["commit"], "git_dirty": git["dirty"],
+            "git_diff_sha1": git["diff_sha1"], "command": job_command("advrw.train", overrides),
+            "launched_with": " ".join(sys.argv), "choices": choices, "torch": str(torch.__version__),
+            "python": platform.python_version(), "device": str(device),
+            "resumed_from": resumed and str(Path(resumed["path"]).resolve()), "start_epoch": state.start_epoch,
+            "continues": str(source) if source and source != run_dir.resolve() else None,
+            "runtime": runtime.record(), "config": config}
     state.attach(model, opt, sched, gen, data, config=config, choices=choices, info=info, spec=spec)
     write_json(run_dir / "run_info.json", info)
+    if info["continues"]:  # lineage both ways: the continued run points here (advrw.report follows it)
+        record_continuation(source, run_dir)
     logger_cfg, run_name = logger_settings(config["logger"], config, run_dir, "train",
                                            resumed and resumed.get("wandb"), hydra_swept())
-    runlog = RunLog(run_dir, logger_cfg, {**config, "run_info": info}, name=run_name)
+    runlog = RunLog(run_dir, logger_cfg, {**config, "run_info": {k: v for k, v in info.items() if k != "config"}},
+                    name=run_name)
     state.extra["wandb"] = runlog.identity()  # a resume continues this W&B run
     log.info("run dir %s | %s + %s on %s/%s | device %s | git %s", run_dir, cfg.defense.name, cfg.weighting.name,
              cfg.dataset.name, cfg.model.name, device, info["git_commit"])
@@ -162,10 +148,8 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
             record.update(validate_epoch(val_model, data, cfg, int(s.eval_batch_size)))
             if ema is not None:
                 record["val_weights"] = "ema" if val_model is ema.module else "raw"
-            if record["val_robust"] > state.best_robust:
-                state.best_robust = record["val_robust"]
+            if state.is_best(record["val_robust"]):
                 record["best"] = True
-                state.save("best.pt", state.payload(epoch + 1), epoch)
         runlog.epoch(record, weights=torch.cat(sums.ws) if cfg.logger.get("log_histograms", True) else None,
                      class_sums=state.class_sums, classes=data.classes)
         log.info("epoch %d/%d%s loss %.4f adv-acc %.3f w %.3f±%.3f [%.3f, %.3f]%s lr %.4g %.1fs",
@@ -173,7 +157,7 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
                  record["w_mean"], record["w_std"], record["w_min"], record["w_max"],
                  f" | val clean {record['val_clean']:.3f} PGD {record['val_robust']:.3f}" if "val_clean" in record else "",
                  record["lr"], record["epoch_time_s"])
-        state.end_epoch(epoch)
+        state.end_epoch(epoch, record.get("val_robust"))
     state.finished_training()
 
     if state.stop_epoch < int(s.epochs):
@@ -181,14 +165,31 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
                  state.stop_epoch, s.epochs, cfg.stop_after, run_dir)
         runlog.finish()
         return {}
-    if state.class_sums and cfg.eval.plots:
-        try:
-            from advrw.evaluation import plots  # deferred: matplotlib, only when figures are made
-
-            plots.plot_class_weight_sums(torch.tensor(state.class_sums), data.classes,
-                                         run_dir / "class_weight_sums.png")
-        except Exception as err:
-            log.warning("class weight figure failed: %s", err)
-    results = final_eval(cfg, model, data, run_dir, runlog, eval_subset, runtime=info["runtime"])
+    guard = state.guard
+    try:  # a signal now stops after the current attack or figure; resume redoes what is missing
+        guard.defer("the final evaluation", "eval")
+        results = final_eval(cfg, model, data, run_dir, runlog, eval_subset, runtime=info["runtime"],
+                             between_attacks=guard.between_attacks)
+        guard.defer("the figures", "figures")
+        if state.class_sums and cfg.eval.plots:
+            class_weight_figure(state.class_sums, data.classes, run_dir / "figures" / "class_weight_sums.png")
+        guard.check()
+    except Interrupted:
+        (run_dir / "results.json").unlink(missing_ok=True)  # not complete: a resume finishes it
+        raise
+    guard.defer("W&B finishing", "finish")
     runlog.finish()
+    guard.check()
     return results
+
+
+def class_weight_figure(sums: list, classes: list[str], path: Path) -> None:
+    try:
+        from advrw.evaluation import plots  # deferred: matplotlib, only when figures are made
+
+        plots.plot_class_weight_sums(torch.tensor(sums), classes, path)
+    except Exception as err:  # a figure must not lose the run (a signal is a BaseException: not caught)
+        write = write_error(err, path)
+        if write is not None:
+            raise write from None
+        log.warning("class weight figure failed: %s", err)
