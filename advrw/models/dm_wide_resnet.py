@@ -13,11 +13,11 @@ momentum 0.01 by default, and the activation is a parameter (``silu`` in the anc
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from advrw.models.wide_resnet import init_weights
 
 MIN_IMAGE_SIZE = 8
 ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "relu": nn.ReLU}
@@ -77,14 +77,7 @@ class DMWideResNet(nn.Module):
         self.batchnorm = nn.BatchNorm2d(ch[3], momentum=bn_momentum)
         self.relu = act()
         self.logits = nn.Linear(ch[3], num_classes)
-        for m in self.modules():  # the same initialisation as the TRADES WideResNet
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_weights(self)  # the same initialisation as the TRADES WideResNet
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
