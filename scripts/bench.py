@@ -283,6 +283,53 @@ def baselines(ctx):
                                 32 if ctx.quick else 128)
 
 
+@case("ema")
+def ema_cost(ctx):
+    """EMA of the weights after every step (ema=standard) next to plain AT, PreActResNet-18 PGD-10: the
+    whole step with the update, and the update alone (advrw's ModelEMA and swa_utils.AveragedModel)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from advrw.methods.ema import ModelEMA
+
+    batch = ctx.batch or (32 if ctx.quick else 128)
+    name = "PreActResNet-18 PGD-10: AT + EMA"
+    x_u8, y = data(batch * 4, 3, 32, ctx.device)
+    rt = runtime_for(ctx.variants[0], ctx, "preact_resnet18")
+    batches = DeviceBatches(x_u8.to(ctx.device), y.to(ctx.device), batch, shuffle=True, augment=True,
+                            generator=torch.Generator(device=ctx.device).manual_seed(0))
+    torch.manual_seed(0)
+    model = build_model("preact_resnet18", 10).to(ctx.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    spec = StepSpec(defense="at", steps=10, init="uniform", amp_dtype=rt.amp_dtype)
+    ours = ModelEMA(model, decay=0.995, warmup_steps=10)
+    theirs = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.995))
+    step = cycling_steps(batches, rt, lambda xb, yb: train_step(model, opt, xb, yb, spec))
+
+    def with_ema():
+        step()
+        ours.update()
+
+    _, t_at = timed(step, ctx.warmup, ctx.steps, ctx.device)
+    _, t_ema = timed(with_ema, ctx.warmup, ctx.steps, ctx.device)
+    n = 20 if ctx.quick else 100
+    _, t_ours = timed(ours.update, 2, n, ctx.device)
+    _, t_theirs = timed(lambda: theirs.update_parameters(model), 2, n, ctx.device)
+    per_step = t_at / ctx.steps
+    tag = f"[{rt.precision}{'+cl' if rt.channels_last else ''}]"
+    rows = [{"case": name, "variant": f"AT {tag}", "img_s": ctx.steps * batch / t_at, "ratio": 1.0},
+            {"case": name, "variant": f"AT + EMA (ModelEMA) {tag}", "img_s": ctx.steps * batch / t_ema,
+             "ratio": t_at / t_ema}]
+    for label, t in (("ModelEMA", t_ours), ("AveragedModel", t_theirs)):
+        ms = 1000 * t / n
+        rows.append({"case": name, "variant": f"update alone, {label}: {ms:.2f} ms = "
+                                              f"{100 * ms / (1000 * per_step):.2f}% of a step",
+                     "img_s": n / t, "ratio": per_step / (t / n), "update_ms": ms,
+                     "pct_of_step": 100 * ms / (1000 * per_step)})
+    return rows
+
+
 def _eval_model(ctx, model_name="preact_resnet18", c=3, size=32):
     torch.manual_seed(0)
     model = build_model(model_name, 10, in_channels=c, image_size=size).to(ctx.device).eval()

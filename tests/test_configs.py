@@ -27,7 +27,8 @@ def make(overrides, name="train"):
 
 
 SYNTH = ["dataset=synthetic", "dataset.image_size=16", "dataset.n_train=16", "dataset.n_test=8",
-         "dataset.val_size=0", "logger=none", "schedule.batch_size=8"]
+         "dataset.val_size=0", "logger=none", "schedule.batch_size=8",
+         "dataset.extra_npz=null", "dataset.extra_fraction=null"]  # presets with generated data: none here
 
 
 def one_step(cfg):
@@ -43,10 +44,14 @@ def one_step(cfg):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+BIG_MODELS = {"wrn34_20_silu", "wrn70_16_silu"}
+
+
 def test_groups_have_the_expected_options():
     assert options("weighting") == ["ewat", "gairat", "mail", "margin_exp", "none", "vir"]
     assert options("defense") == ["at", "mart", "trades"]
     assert options("attack") == ["fat", "pgd"]
+    assert options("ema") == ["none", "standard"]
     assert {"quick", "standard", "full", "autoattack", "nonuniform", "mail_table2", "vir_table1", "ewat_table2"} == set(
         options("eval"))
     assert len(options("experiment")) >= 13
@@ -65,11 +70,17 @@ def test_every_experiment_composes_and_steps(experiment):
     one_step(small)
 
 
-@pytest.mark.parametrize("group, option", [(g, o) for g in ("model", "defense", "weighting", "schedule", "attack")
+@pytest.mark.parametrize("group, option", [(g, o) for g in ("model", "defense", "weighting", "schedule", "attack", "ema")
                                            for o in options(g)])
 def test_every_group_option_composes_and_steps(group, option):
     cfg = make([f"{group}={option}", *SYNTH, "schedule.burn_in=0", "schedule.epochs=2", "schedule.milestones=[2]"])
     validate_train(cfg)
+    if option in BIG_MODELS:  # hundreds of millions of parameters: built without memory, not stepped on a CPU
+        data = build_data(cfg.dataset, torch.device("cpu"))
+        with torch.device("meta"):
+            model = build_model_for(cfg, data, None, channels_last=False)
+        assert sum(p.numel() for p in model.parameters()) > 1e8
+        return
     one_step(cfg)
 
 

@@ -140,3 +140,8 @@ def test_ema_run_resumes_mid_epoch_bitwise_and_picks_best_on_the_ema(tmp_path):
     assert r["protocol"]["checkpoint"]["weights"] == "ema" and r["protocol"]["checkpoint"]["kind"] == "best"
     assert r["weights"]["raw"]["protocol"]["checkpoint"]["weights"] == "raw"
     assert r["clean"] == r["weights"]["ema"]["clean"]
+    # advrw.eval scores the same EMA weights of the same checkpoint, with the same numbers
+    ok(cli("eval", f"ckpt={full}", "eval.checkpoint=best", "eval.n_eval=32", f"hydra.run.dir={tmp_path / 'ev'}",
+           cwd=tmp_path))
+    e = results(tmp_path / "ev")
+    assert e["protocol"]["checkpoint"]["weights"] == "ema" and e["clean"] == r["weights"]["ema"]["clean"]

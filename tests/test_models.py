@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,11 @@ SHAPE_CASES = {
     "wrn32_10": (3, 32),
     "resnet50": (3, 64),
     "tiny": (1, 28),
+    "wrn28_10_silu": (3, 32),
+    "wrn34_20_silu": (3, 32),
+    "wrn70_16_silu": (3, 32),
 }
+BIG = {"wrn34_20_silu", "wrn70_16_silu"}  # 185M / 267M parameters: built on the meta device only
 
 # Exact trainable-parameter counts for 10 classes (3-channel input; smallcnn on 28x28x1),
 # next to the figures usually quoted in the papers/repos.
@@ -32,6 +38,7 @@ EXACT_PARAMS = {
     "wrn32_10": 46_160_474,  # Madry's WRN-32-10 == TRADES' WRN-34-10
     "resnet50": 23_520_842,
     "smallcnn": 312_202,
+    "wrn28_10_silu": 36_479_194,  # the same convolutions as TRADES' WRN-28-10, another padding
 }
 QUOTED_PARAMS = {"resnet18": 11.17e6, "preact_resnet18": 11.17e6, "wrn34_10": 46.16e6, "wrn28_10": 36.48e6}
 
@@ -44,6 +51,8 @@ def test_model_names():
 @pytest.mark.parametrize("num_classes", [10, 100])
 @pytest.mark.parametrize("name", sorted(SHAPE_CASES))
 def test_output_shape(name, num_classes):
+    if name in BIG:
+        pytest.skip("too big for a CPU forward in the default suite; keys and shapes are checked on the meta device")
     in_channels, size = SHAPE_CASES[name]
     torch.manual_seed(0)
     model = build_model(name, num_classes, in_channels=in_channels, image_size=size)
@@ -209,3 +218,85 @@ def test_tiny_learns_easy_problem():
     with torch.no_grad():
         acc = (model(x).argmax(1) == y).float().mean().item()
     assert acc > 0.9
+
+
+# ----------------------------------------------------------------------------- DeepMind / RobustBench WRNs
+
+
+def _robustbench_dm_wide_resnet():
+    """RobustBench's DMWideResNet class, read from its file where the package itself fails to import
+    (``robustbench/__init__`` pulls torchvision in); None where robustbench is not installed."""
+    import importlib.util
+
+    try:
+        from robustbench.model_zoo.architectures.dm_wide_resnet import DMWideResNet, Swish
+        return DMWideResNet, Swish
+    except Exception:  # not installed, or its package __init__ fails on this torchvision
+        pass
+    spec = importlib.util.find_spec("robustbench")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "model_zoo" / "architectures" / "dm_wide_resnet.py"
+    if not path.is_file():
+        return None
+    mod_spec = importlib.util.spec_from_file_location("_rb_dm_wide_resnet", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return mod.DMWideResNet, mod.Swish
+
+
+@pytest.mark.parametrize("name,depth,width", [("wrn28_10_silu", 28, 10), ("wrn34_20_silu", 34, 20),
+                                              ("wrn70_16_silu", 70, 16)])
+def test_silu_wrns_have_robustbenchs_state_dict_keys_and_shapes(name, depth, width):
+    rb = _robustbench_dm_wide_resnet()
+    if rb is None:
+        pytest.skip("robustbench is not installed (pip install -e '.[robustbench]'): nothing to compare against")
+    rb_cls, swish = rb
+    with torch.device("meta"):
+        ours = build_model(name, 10, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
+        theirs = rb_cls(num_classes=10, depth=depth, width=width, activation_fn=swish)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b)
+    assert all(a[k].shape == b[k].shape for k in a)
+    assert not any(isinstance(m, Normalize) for m in ours.modules())  # normalises itself, mean/std outside
+
+
+def test_silu_wrn_matches_robustbenchs_forward_and_loads_a_dm_at_file(tmp_path):
+    """Same weights -> same logits as RobustBench's class (padding, SiLU, shortcut); a DM-AT style file
+    (``module.0.`` prefix, {'model_state_dict': ...}) loads through advrw's reader."""
+    from advrw.core import checkpoints as ckpt_io
+
+    torch.manual_seed(0)
+    ours = build_model("wrn28_10_silu", 10, mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)).eval()
+    assert isinstance(ours.layer[0].block[0].relu_0, nn.SiLU) and ours.batchnorm.momentum == 0.01
+    torch.save({"model_state_dict": {f"module.0.{k}": v for k, v in ours.state_dict().items()}}, tmp_path / "dm.pt")
+    twin = build_model("wrn28_10_silu", 10, mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)).eval()
+    ckpt_io.load_model_state(twin, ckpt_io.model_state(ckpt_io.read(tmp_path / "dm.pt")), "dm.pt", "wrn28_10_silu", 10)
+    x = torch.rand(2, 3, 32, 32)
+    x[0, :, :4] = 0.0
+    x[1, :, -4:] = 1.0  # pixels at the ends of the range
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), ours(x))
+    rb = _robustbench_dm_wide_resnet()
+    if rb is None:
+        pytest.skip("robustbench is not installed: the forward comparison needs its DMWideResNet")
+    rb_cls, swish = rb
+    theirs = rb_cls(num_classes=10, depth=28, width=10, activation_fn=swish).eval()
+    theirs.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-4)
+
+
+def test_activation_is_a_model_config_value(cfg_train):
+    from advrw.config.validation import validate_train
+
+    relu = build_model("wrn28_10_silu", 10, activation="relu")
+    assert isinstance(relu.layer[0].block[0].relu_0, nn.ReLU)
+    assert build_model("resnet18", 10, bn_momentum=0.01).bn1.momentum == 0.01
+    validate_train(cfg_train("model=wrn28_10_silu", "model.activation=relu"))
+    with pytest.raises(AdvrwError, match="model.activation=silu is not a setting of model=resnet18"):
+        validate_train(cfg_train("model=resnet18", "+model.activation=silu"))
+    with pytest.raises(AdvrwError, match="model.activation='gelu' is unknown"):
+        validate_train(cfg_train("model=wrn28_10_silu", "model.activation=gelu"))
+    with pytest.raises(AdvrwError, match=r"model.bn_momentum=0 is invalid"):
+        validate_train(cfg_train("model=wrn28_10_silu", "model.bn_momentum=0"))

@@ -242,3 +242,37 @@ def test_weight_only_clean_forward_leaves_bn_running_stats_alone():
     with torch.no_grad():
         model(x)
     assert not torch.equal(bn.running_mean, before[0])  # an ordinary train-mode forward does move them
+
+
+def test_first_step_bn_momentum_replaces_the_running_stats_then_is_restored():
+    """DeepMind's BN start: momentum 1.0 on the run's first step, so the running statistics are that
+    batch's whatever they were before; the layers' own momentum afterwards."""
+    spec = spec_for("at", "none", first_bn_momentum=1.0, bn_mode="train")  # the attack ignores running stats
+    runs = []
+    for first in (True, False):
+        for start in (0.0, 5.0):
+            model, opt, x, y = setup()
+            model.bn.running_mean.fill_(start)
+            train_step(model, opt, x, y, spec, first=first, generator=torch.Generator().manual_seed(0))
+            runs.append(model.bn.running_mean.clone())
+            assert model.bn.momentum == 0.1
+    torch.testing.assert_close(runs[0], runs[1])  # first step: the old statistics are gone
+    assert not torch.allclose(runs[2], runs[3])  # later steps: momentum 0.1 keeps 90% of them
+
+
+@pytest.mark.parametrize("defense", ["at", "trades"])
+def test_train_frozen_attack_uses_batch_stats_and_leaves_running_stats(defense):
+    """DM-AT attacks with BN in train mode but ``track_bn_stats(False)``: the same x' as bn_mode=train,
+    without the attack's forwards moving the running statistics."""
+    outs = {}
+    for mode in ("train", "train_frozen"):
+        model, _, x, y = setup()
+        before = (model.bn.running_mean.clone(), int(model.bn.num_batches_tracked))
+        x_adv, _ = adversarial_examples(model, x, y, spec_for(defense, "none", bn_mode=mode),
+                                        generator=torch.Generator().manual_seed(4))
+        moved = not torch.equal(model.bn.running_mean, before[0])
+        outs[mode] = (x_adv, moved, int(model.bn.num_batches_tracked) - before[1])
+        assert model.training  # the model's own mode is restored
+    torch.testing.assert_close(outs["train"][0], outs["train_frozen"][0])
+    assert outs["train"][1] and outs["train"][2] > 0
+    assert not outs["train_frozen"][1] and outs["train_frozen"][2] == 0

@@ -20,7 +20,7 @@ from advrw.attacks.objectives import get_objective
 from advrw.core.errors import AdvrwError
 
 INITS = ("uniform", "normal", "none")
-BN_MODES = ("eval", "train")
+BN_MODES = ("eval", "train", "train_frozen")  # train_frozen: the training step freezes running stats
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from advrw.methods.weighting import COMBINES, CONTROL_KEYS, SCHEMES
 from advrw.methods import defenses
 from advrw.methods.defenses import DEFENSES
 from advrw.data import DATASET_NAMES
-from advrw.models import MODEL_NAMES, zoo
+from advrw.models import MODEL_NAMES, validate_model, zoo
 from advrw.data.checks import check_data_files
 from advrw.attacks.registry import selected_attacks
 
@@ -154,7 +154,18 @@ TRAIN_RULES = [
     ("schedule.momentum", number(ge=0, lt=1)),
     ("schedule.nesterov", boolean()),
     ("schedule.weight_decay", number(ge=0)),
-    ("schedule.lr_schedule", choice("piecewise", "cosine")),
+    ("schedule.lr_schedule", choice("piecewise", "cosine", "warmup_cosine", "one_cycle")),
+    ("schedule.step_per", choice("epoch", "iteration")),
+    ("schedule.warmup", number(ge=0)),
+    ("schedule.warmup_in", choice("epochs", "fraction")),
+    ("schedule.lr_scaling", choice("none", "linear")),
+    ("schedule.clip_grad_norm", number(gt=0, null=True)),
+    ("schedule.one_cycle.pct_start", number(gt=0, lt=1)),
+    ("schedule.one_cycle.div_factor", number(gt=0)),
+    ("schedule.one_cycle.final_div_factor", number(gt=0)),
+    ("schedule.one_cycle.cycle_momentum", boolean()),
+    ("schedule.one_cycle.base_momentum", number(ge=0, lt=1)),
+    ("schedule.one_cycle.max_momentum", number(ge=0, lt=1)),
     ("schedule.lr_gamma", number(gt=0, le=1)),
     ("schedule.burn_in", integer(ge=0)),
     ("attack.eps", number(gt=0)),
@@ -251,6 +262,15 @@ def validate_schedule(cfg: DictConfig) -> None:
     s = cfg.schedule
     if s.burn_in >= s.epochs:
         raise AdvrwError(f"schedule.burn_in={s.burn_in} is invalid: must be >= 0 and < schedule.epochs ({s.epochs})")
+    for kind in as_list(s.get("wd_exclude")):
+        if kind not in ("bn", "bias"):
+            raise AdvrwError(f"schedule.wd_exclude={show(as_list(s.wd_exclude))} is invalid: "
+                             "must list some of bn, bias")
+    warm = s.get("warmup") or 0
+    if s.get("warmup_in") == "fraction" and warm >= 1:
+        raise AdvrwError(f"schedule.warmup={warm} is invalid with schedule.warmup_in=fraction: must be < 1")
+    if s.get("warmup_in", "epochs") == "epochs" and warm >= s.epochs and s.lr_schedule == "warmup_cosine":
+        raise AdvrwError(f"schedule.warmup={warm} is invalid: must be < schedule.epochs ({s.epochs})")
     if s.nesterov and s.momentum == 0:
         raise AdvrwError("schedule.nesterov=true is invalid with schedule.momentum=0: set a momentum > 0")
     if s.lr_schedule == "piecewise":
@@ -298,6 +318,7 @@ def validate_train(cfg: DictConfig) -> None:
     """Everything a training run could reject, checked before any work."""
     validate_dataset(cfg)
     check(cfg, [("model.name", choice(*MODEL_NAMES))])
+    validate_model(cfg)  # activation / bn_momentum (advrw.models)
     validate_defense(cfg)
     validate_scheme(cfg)
     check(cfg, TRAIN_RULES)

@@ -166,7 +166,9 @@ def model_state(obj: dict) -> dict:
         if key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break
-    # DataParallel / torch.compile prefixes
+    # DM-Improves-AT's DataParallel(Sequential(model)) files; then DataParallel / torch.compile prefixes
+    if obj and all(str(k).startswith("module.0.") for k in obj):
+        obj = {k.removeprefix("module.0."): v for k, v in obj.items()}
     return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
 
 

@@ -234,7 +234,7 @@ def _build(cfg, path: Path, obj: dict, data):
     if not zoo.is_zoo(cfg.ckpt):
         norm = (data.mean, data.std) if cfg.dataset.get("normalize") else (None, None)
         model = build_model(cfg.model.name, data.num_classes, in_channels=data.channels, image_size=data.image_size,
-                            mean=norm[0], std=norm[1])
+                            mean=norm[0], std=norm[1], activation=cfg.model.get("activation"))
         ckpt_io.load_model_state(model, state, str(path), cfg.model.name, data.num_classes)
         return model, None
     name, rb = cfg.ckpt[len(zoo.PREFIX):], cfg.robustbench

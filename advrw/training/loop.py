@@ -28,7 +28,7 @@ from advrw.methods import ema as weight_avg
 from advrw.records.identity import hydra_swept, logger_settings
 from advrw.records.provenance import git_state, job_command, record_continuation
 from advrw.records.runlog import RunLog
-from advrw.training.build import build_model_for, optimizer_and_scheduler, step_spec
+from advrw.training.build import build_model_for, optimizer_and_scheduler, per_iteration, step_spec
 from advrw.training.lifecycle import RunState
 from advrw.training.rundir import RunLock
 from advrw.training.step import train_step
@@ -76,10 +76,14 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
     model = build_model_for(cfg, data, device, runtime.channels_last)
     step_model = hardware.compile_model(model, runtime)  # checkpoints keep saving the eager `model`
     s = cfg.schedule
-    opt, sched = optimizer_and_scheduler(model, s)
-    spec = step_spec(cfg, runtime)
     gen = torch.Generator(device=device)
     gen.manual_seed(int(cfg.seed))
+    batches = DeviceBatches(data.train_x, data.train_y, int(s.batch_size), shuffle=True, augment=data.augment,
+                            generator=gen)
+    if cfg.dataset.get("extra_fraction") is not None:  # a fixed share of extra images in every batch
+        batches = mixed_batches(data, cfg, gen, state.start_epoch)
+    opt, sched = optimizer_and_scheduler(model, s, len(batches))  # per-iteration schedules count batches
+    spec = step_spec(cfg, runtime)
     config = OmegaConf.to_container(cfg, resolve=True)
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
     resumed = state.resumed
@@ -107,10 +111,6 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
     log.info("run dir %s | %s + %s on %s/%s | device %s | git %s", run_dir, cfg.defense.name, cfg.weighting.name,
              cfg.dataset.name, cfg.model.name, device, info["git_commit"])
 
-    batches = DeviceBatches(data.train_x, data.train_y, int(s.batch_size), shuffle=True, augment=data.augment,
-                            generator=gen)
-    if cfg.dataset.get("extra_fraction") is not None:  # a fixed share of extra images in every batch
-        batches = mixed_batches(data, cfg, gen, state.start_epoch)
     ema = weight_avg.build(cfg, model, int(s.epochs) * len(batches))
     state.attach_ema(ema)
     val_model = ema.module if ema is not None and weight_avg.selects_on_ema(cfg) else model
@@ -122,9 +122,12 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
         for i, (x, y) in enumerate(bar, start=first):
             if runtime.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = train_step(step_model, opt, x, y, spec.at_epoch(epoch), burn_in=burn_in, generator=gen, epoch=epoch)
+            out = train_step(step_model, opt, x, y, spec.at_epoch(epoch), burn_in=burn_in, generator=gen, epoch=epoch,
+                             first=epoch == 0 and i == 0)
             if ema is not None:
                 ema.update()
+            if per_iteration(s):
+                sched.step()
             sums.add(out, y)
             sync = bool(cfg.progress and i % 20 == 0)  # the only host sync inside the epoch
             if sync:
@@ -135,8 +138,9 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
         state.check_finite(epoch)
         if ema is not None:
             ema.end_epoch()  # BN statistics from the live model, before validation and the checkpoint
-        lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with
-        sched.step()
+        lr = opt.param_groups[0]["lr"]  # the rate this epoch (its last step) trained with
+        if not per_iteration(s):
+            sched.step()
         record = sums.record(epoch, lr, burn_in)
         state.check_weights(epoch, record)
         if runtime.compile and epoch == state.start_epoch:

@@ -45,6 +45,8 @@ class StepSpec:
     tau_milestones: tuple = ()  # FAT's dynamic tau: +1 after each of these (1-indexed) epochs
     omega: float = 0.0  # FAT's per-step noise
     epoch: int = 0  # 0-indexed; only the tau schedule reads it
+    clip_grad_norm: float | None = None  # schedule.clip_grad_norm: cap the gradient's global L2 norm
+    first_bn_momentum: float | None = None  # model.first_bn_momentum: BN momentum of the run's first step only
 
     def at_epoch(self, epoch: int) -> "StepSpec":
         """The spec for a 0-indexed training epoch (only FAT's tau schedule depends on it)."""
@@ -79,30 +81,56 @@ def frozen_bn_stats(model):
                 m.num_batches_tracked.copy_(count)
 
 
+@contextlib.contextmanager
+def bn_momentum(model, momentum: float):
+    """Every BN layer at ``momentum`` for the block, its own value after."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = momentum
+    try:
+        yield
+    finally:
+        for m, value in zip(bns, saved):
+            m.momentum = value
+
+
 def _forward(model, x, amp_dtype):
     with autocast(x.device.type, amp_dtype):
         return model(x)
 
 
 def adversarial_examples(model, x, y, spec: StepSpec, generator=None):
-    """The training attack; returns ``(x_adv, kappa)`` (kappa only for schemes that read it)."""
+    """The training attack; returns ``(x_adv, kappa)`` (kappa only for schemes that read it).
+
+    ``bn_mode``: ``eval`` (running statistics), ``train`` (batch statistics, and the attack's forwards
+    update the running ones, as Zeng's code) or ``train_frozen`` (batch statistics, running ones
+    untouched: DM-Improves-AT's ``track_bn_stats(model, False)``)."""
+    train_bn = spec.bn_mode in ("train", "train_frozen")
+    frozen = frozen_bn_stats(model) if spec.bn_mode == "train_frozen" else contextlib.nullcontext()
     ref = None
-    if spec.objective.endswith("kl"):  # the KL attack needs the natural prediction
-        with torch.no_grad(), model_mode(model, spec.bn_mode == "train"):
-            ref = _forward(model, x, spec.amp_dtype).float()
-    res = pgd(model, x, y, eps=spec.eps, step=spec.step, steps=spec.steps, init=spec.init,
-              objective=spec.objective, ref_logits=ref, alpha=spec.attack_alpha, bn_mode=spec.bn_mode,
-              track_kappa=needs_of(spec.scheme).kappa, generator=generator, amp_dtype=spec.amp_dtype,
-              clamp_start=spec.clamp_start, tau=spec.current_tau, omega=spec.omega)
+    with frozen:
+        if spec.objective.endswith("kl"):  # the KL attack needs the natural prediction
+            with torch.no_grad(), model_mode(model, train_bn):
+                ref = _forward(model, x, spec.amp_dtype).float()
+        res = pgd(model, x, y, eps=spec.eps, step=spec.step, steps=spec.steps, init=spec.init,
+                  objective=spec.objective, ref_logits=ref, alpha=spec.attack_alpha,
+                  bn_mode="train" if train_bn else "eval", track_kappa=needs_of(spec.scheme).kappa,
+                  generator=generator, amp_dtype=spec.amp_dtype, clamp_start=spec.clamp_start,
+                  tau=spec.current_tau, omega=spec.omega)
     return res.x_adv, res.kappa
 
 
 def train_step(model, optimizer, x, y, spec: StepSpec, *, burn_in: bool = False, generator=None,
-               epoch: int | None = None) -> dict:
+               epoch: int | None = None, first: bool = False) -> dict:
     """One optimiser step. Returns detached device tensors: loss, weights, per-batch corrects.
 
-    ``epoch`` (0-indexed) only matters for AWP's warm-up; None = past it.
+    ``epoch`` (0-indexed) only matters for AWP's warm-up; None = past it. ``first``: the run's very
+    first step, where ``spec.first_bn_momentum`` (DeepMind's 1.0: running stats = that batch's) applies.
     """
+    if first and spec.first_bn_momentum is not None:
+        with bn_momentum(model, spec.first_bn_momentum):
+            return train_step(model, optimizer, x, y, spec, burn_in=burn_in, generator=generator, epoch=epoch)
     x_adv, kappa = adversarial_examples(model, x, y, spec, generator)
     model.train()
     pert = None
@@ -115,6 +143,8 @@ def train_step(model, optimizer, x, y, spec: StepSpec, *, burn_in: bool = False,
     loss.backward()
     if pert is not None:  # the gradient was taken at w + v; step from the exactly restored w
         awp.restore(pert, optimizer)
+    if spec.clip_grad_norm is not None:  # on the device: no host sync
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], spec.clip_grad_norm)
     optimizer.step()
     out = {"loss": loss.detach(), "w": w.detach().float(),
            "correct_adv": (z_adv.argmax(1) == y).sum()}
