@@ -314,3 +314,36 @@ def test_report_paper_numbers_numeric_sort_and_unfinished(tmp_path, capsys, monk
     rows = [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| ")][1:]
     assert rows == ["2", "3", "10"] and "paper" not in md.split("Accuracy in %")[0]  # not the preset: no paper
     assert "Jobs without results (1)" in md and "trained 1/3 epochs" in md and str(tmp_path / "g" / "3") in md
+
+
+@pytest.mark.slow
+def test_continued_sweep_jobs_count_in_their_sweep_and_resumed_experiments_keep_their_rows(tmp_path):
+    """A stop_after sweep continued job by job with resume= (the README's advice after a time limit):
+    the sweep's report counts the continuations, two different resumed experiments stay two rows,
+    lineage is recorded both ways, each job's command is its own, and a finished run makes no new dir."""
+    sweep = tmp_path / "sweep"
+    tiny = [o for o in TINY if not o.startswith("schedule.")] + ["schedule.epochs=2", "schedule.burn_in=0",
+                                                                 "schedule.milestones=[2]"]
+    ok(cli("train", "-m", *tiny, "weighting=none,vir", "stop_after=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+    for j in ("0", "1"):
+        ok(cli("train", f"resume={sweep / j}", f"hydra.run.dir={tmp_path / ('cont' + j)}", cwd=tmp_path))
+    md = ok(cli("report", str(sweep), "--no-plots", "--out", str(tmp_path / "rep"), cwd=tmp_path)).stdout
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ")][1:]
+    assert [r.split("|")[1].strip() for r in rows] == ["AT", "VIR-AT"] and "Jobs without results" not in md
+    assert all(r.split("|")[2].strip() == "n=1" for r in rows)
+    # the continuations alone (command lines: only resume=...) are still two experiments
+    md = ok(cli("report", str(tmp_path / "cont0"), str(tmp_path / "cont1"), "--no-plots", "--out",
+                str(tmp_path / "rep2"), cwd=tmp_path)).stdout
+    assert [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| ")][1:] == ["AT", "VIR-AT"]
+    first = json.loads((sweep / "1" / "run_info.json").read_text())
+    cont = json.loads((tmp_path / "cont1" / "run_info.json").read_text())
+    assert first["continued_by"] == [str((tmp_path / "cont1").resolve())]
+    assert cont["continues"] == str((sweep / "1").resolve())
+    assert first["command"].startswith("python -m advrw.train ") and "weighting=vir" in first["command"]
+    assert "weighting=none" not in first["command"] and "-m" not in first["command"].split()[2:]  # its own values
+    assert cont["command"] == f"python -m advrw.train resume={sweep / '1'}"
+    assert isinstance(first["git_dirty"], bool) and cont["config"]["weighting"]["name"] == "vir"
+    assert Path(results(tmp_path / "cont1")["protocol"]["checkpoint"]["path"]).is_absolute()
+    assert results(tmp_path / "cont1")["classes"] == [f"class{c}" for c in range(10)]
+    proc = ok(cli("train", f"resume={tmp_path / 'cont1'}", f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path))
+    assert "is complete" in proc.stdout and not (tmp_path / "again").exists()
