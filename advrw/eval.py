@@ -16,28 +16,16 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from advrw.evaluation import bestlast
-from advrw.core import checkpoints as ckpt_io
-from advrw.core import hardware
 from advrw.config import CONF_DIR
-from advrw.config.precheck import precheck, remove_stray_run_dir
-from advrw.config.validation import validate_eval
-from advrw.core.files import write_json
-from advrw.core.hardware import resolve_device, seed_everything
 from advrw.core.errors import AdvrwError
-from advrw.core.keys import override_key
-from advrw.records.provenance import git_state, job_command
-from advrw.records.runlog import RunLog
-from advrw.data import build_data, subsets
-from advrw.models import build_model
-from advrw.evaluation.results import write_report
-from advrw.evaluation.suite import run_suite
-from advrw.records.identity import eval_logger_settings
+from advrw.core.keys import hydra_only, override_key
 
 log = logging.getLogger("advrw.eval")
 
 
 def checkpoint_path(ckpt: str, kind: str) -> Path:
+    from advrw.core import checkpoints as ckpt_io  # deferred: torch (tab completion imports this module)
+
     p = Path(str(ckpt)).expanduser()
     if p.is_dir():
         p = p / f"{kind}.pt"
@@ -90,6 +78,21 @@ def _whole_test_split(cfg: DictConfig, trained: dict, overrides: list[str]) -> N
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
+    # deferred below: torch and the data/model/attack stack, so --help and tab completion answer at once
+    from advrw.config.validation import validate_eval  # deferred: torch (see above)
+    from advrw.core import checkpoints as ckpt_io  # deferred: torch
+    from advrw.core import hardware  # deferred: torch
+    from advrw.core.files import write_json  # deferred: torch
+    from advrw.core.hardware import resolve_device, seed_everything  # deferred: torch
+    from advrw.data import build_data, subsets  # deferred: torch
+    from advrw.evaluation import bestlast  # deferred: torch
+    from advrw.evaluation.results import write_report  # deferred: torch
+    from advrw.evaluation.suite import run_suite  # deferred: torch
+    from advrw.models import build_model  # deferred: torch
+    from advrw.records.identity import eval_logger_settings  # deferred: torch
+    from advrw.records.provenance import git_state, job_command  # deferred: torch
+    from advrw.records.runlog import RunLog  # deferred: torch
+
     both = cfg.eval.checkpoint == "both"  # best.pt and last.pt of a run dir (advrw/evaluation/bestlast.py)
     path = (checkpoint_path(bestlast.run_dir_for_both(cfg.ckpt), "last") if both
             else checkpoint_path(cfg.ckpt, cfg.eval.checkpoint))
@@ -152,6 +155,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def _validate_cli(cfg: DictConfig) -> None:
+    from advrw.config.validation import validate_eval  # deferred: torch (tab completion imports this module)
+
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise AdvrwError("ckpt is required: ckpt=<run dir or .pt file>")
     validate_eval(cfg)
@@ -162,6 +167,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except AdvrwError as err:  # one line for the user, nothing else (no traceback, no log echo)
+        from advrw.config.precheck import remove_stray_run_dir  # deferred: torch (see main)
+
         print(f"advrw: error: {err}", file=sys.stderr)
         remove_stray_run_dir(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
@@ -169,7 +176,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    precheck("eval", _validate_cli)
+    if not hydra_only(sys.argv[1:]):  # --help / tab completion: Hydra answers, nothing to check
+        from advrw.config.precheck import precheck  # deferred: torch (validation imports the attacks)
+
+        precheck("eval", _validate_cli)
     _hydra_main()
 
 

@@ -14,15 +14,18 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from advrw.config import CONF_DIR
-from advrw.config.precheck import precheck, remove_stray_run_dir
-from advrw.config.validation import validate_train
 from advrw.core.errors import AdvrwError
-from advrw.training.lifecycle import exit_code, user_line, write_error
-from advrw.training.loop import run
+from advrw.core.keys import hydra_only
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    # deferred: torch and the training stack load only when a run starts, so --help and tab completion
+    # (which import this module) answer in a fraction of a second
+    from advrw.config.precheck import remove_stray_run_dir  # deferred: torch (see above)
+    from advrw.training.lifecycle import exit_code, user_line, write_error  # deferred: torch
+    from advrw.training.loop import run  # deferred: torch
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         results = run(cfg, run_dir)
@@ -46,7 +49,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    precheck("train", validate_train)
+    if not hydra_only(sys.argv[1:]):  # --help / tab completion: Hydra answers, nothing to check
+        from advrw.config.precheck import precheck  # deferred: torch (validation imports the attacks)
+        from advrw.config.validation import validate_train  # deferred: torch
+
+        precheck("train", validate_train)
     _hydra_main()
 
 
