@@ -36,5 +36,7 @@ def register() -> None:
         OmegaConf.register_new_resolver("advrw_uid", process_uid, use_cache=True)
     if not OmegaConf.has_resolver("advrw_eval_root"):  # conf/eval.yaml's hydra.run.dir
         OmegaConf.register_new_resolver("advrw_eval_root", eval_root)
+    if not OmegaConf.has_resolver("advrw_cap"):  # debug=fast: at most `cap` of a split, null for an empty one
+        OmegaConf.register_new_resolver("advrw_cap", lambda n, cap: min(int(n), int(cap)) if n else None)
     if not OmegaConf.has_resolver("advrw_min"):  # debug=fast: burn-in min(paper's, 1)
         OmegaConf.register_new_resolver("advrw_min", lambda *xs: min(xs))

@@ -127,6 +127,11 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
     runlog = RunLog(run_dir, logger_cfg, {**wandb_config(config), "campaign": campaign,
                                           "run_info": {k: v for k, v in info.items() if k != "config"}}, name=run_name)
     state.extra["wandb"] = runlog.identity()  # a resume continues this W&B run
+    if choices.get("debug"):  # a quick check must never read as a result: say what it shrank
+        log.info("debug=%s: %s training images, %d epochs (burn-in %s), training attack %s steps, validation on "
+                 "%s images, eval=%s on %s test images: a pipeline check, not the preset's numbers",
+                 choices["debug"], cfg.dataset.get("n_train"), int(s.epochs), s.burn_in, cfg.attack.steps,
+                 cfg.validation.n if cfg.dataset.get("val_size") else 0, cfg.eval.name, cfg.eval.n_eval)
     log.info("run dir %s | %s + %s on %s/%s | device %s | git %s", run_dir, cfg.defense.name, cfg.weighting.name,
              cfg.dataset.name, cfg.model.name, device, info["git_commit"])
 
