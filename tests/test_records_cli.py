@@ -50,3 +50,35 @@ def test_eval_scores_the_whole_test_split_beside_its_run_and_debug_runs_stay_apa
     rec, _, config = wandb_records(dbg)
     assert "debug" in rec.tags and rec.display_name.endswith("-debug")
     assert json.loads((dbg / "run_info.json").read_text())["choices"]["debug"] == "fast"
+
+
+def _imported(module: str, importtime: str) -> bool:
+    """Does ``python -X importtime``'s report list ``module``?"""
+    return any(ln.split("|")[-1].strip() == module for ln in importtime.splitlines() if ln.startswith("import time:"))
+
+
+def test_help_is_advrws_own_and_tab_completion_does_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    from advrw.config import CONF_DIR
+
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "advrw.train", "--help"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and "powered by Hydra" not in out.stdout
+    groups = [p.name for p in Path(CONF_DIR).iterdir() if p.is_dir() and p.name != "hydra"]
+    for g in groups:  # every group is explained; the automatic ones say so
+        assert f"\n  {g}" in out.stdout or f" {g} (" in out.stdout or f"{g} (" in out.stdout, g
+    assert "Chosen automatically" in out.stdout and "combo" in out.stdout.split("Chosen automatically")[1]
+    for cmd in ("python -m advrw.train", "python -m advrw.eval", "python -m advrw.report", "outputs/"):
+        assert cmd in out.stdout
+    assert not _imported("torch", out.stderr)  # torch never loaded
+    comp = subprocess.run([sys.executable, "-X", "importtime", "-m", "advrw.train", "-sc", "query=bash"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**env, "COMP_LINE": "advrw-train weighting=", "COMP_POINT": "22"})
+    assert "weighting=vir" in comp.stdout and "weighting=mail" in comp.stdout
+    assert not _imported("torch", comp.stderr)
+    ev = subprocess.run([sys.executable, "-m", "advrw.eval", "--help"], cwd=tmp_path, capture_output=True,
+                        text=True, env=env, timeout=120)
+    assert ev.returncode == 0 and "<run dir>/eval/" in ev.stdout and "whole test split" in ev.stdout
