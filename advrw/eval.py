@@ -17,12 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from advrw.config import CONF_DIR
-from advrw.config.precheck import precheck, remove_stray_run_dir
-from advrw.config.validation import validate_eval
 from advrw.core.errors import AdvrwError
-from advrw.core.exits import guarded, launch
-from advrw.core.keys import override_key
-from advrw.evaluation import runner
+from advrw.core.keys import hydra_only, override_key
 
 log = logging.getLogger("advrw.eval")
 
@@ -72,6 +68,10 @@ def _whole_test_split(cfg: DictConfig, trained: dict, overrides: list[str]) -> N
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Read the checkpoint, merge its config with the command line, validate, then the shared runner."""
+    # deferred: torch and the evaluation stack, so --help and tab completion answer at once
+    from advrw.config.validation import validate_eval  # deferred: torch (see above)
+    from advrw.evaluation import runner  # deferred: torch
+
     path, obj = runner.cli_checkpoint(cfg)
     cfg = effective_config(cfg, obj if runner.is_advrw(obj) else None)
     validate_eval(cfg)
@@ -80,6 +80,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def _validate_cli(cfg: DictConfig) -> None:
+    from advrw.config.validation import validate_eval  # deferred: torch (tab completion imports this module)
+
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise AdvrwError("ckpt is required: ckpt=<run dir or .pt file>")
     validate_eval(cfg)
@@ -87,12 +89,21 @@ def _validate_cli(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from advrw.config.precheck import remove_stray_run_dir  # deferred: torch (see run)
+    from advrw.core.exits import guarded  # deferred: torch
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     results = guarded(lambda: run(cfg, run_dir), refused=lambda: remove_stray_run_dir(run_dir))
     return results.get("worst_case", {}).get("robust_accuracy")
 
 
 def main() -> None:
+    if hydra_only(sys.argv[1:]):  # --help / tab completion: Hydra answers, nothing to check
+        _hydra_main()
+        return
+    from advrw.config.precheck import precheck  # deferred: torch (validation imports the attacks)
+    from advrw.core.exits import launch  # deferred: torch
+
     precheck("eval", _validate_cli)
     launch(_hydra_main)
 

@@ -19,11 +19,10 @@ from advrw.config import CONF_DIR
 from advrw.core.errors import AdvrwError
 from advrw.config import resume as resume_cfg
 from advrw.config.validation import preflight, suggest
-from advrw.core.keys import override_key
+from advrw.core.keys import HYDRA_ONLY_FLAGS, override_key
 
 MAX_JOBS = 256
-_SKIP = {"-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc",
-         "--version", "--resolve"}
+_SKIP = set(HYDRA_ONLY_FLAGS)
 _WITH_VALUE = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--experimental-rerun",
                "--cfg", "-c", "--package", "-p", "--info", "-i"}
 RUN_MARKERS = ("last.pt", "best.pt", "results.json", "metrics.jsonl")

@@ -33,7 +33,7 @@ def figures(run_dir: Path, results: dict, arrays: dict, classes: list[str]) -> l
     return out
 
 
-def wandb_tables(runlog: RunLog, results: dict, arrays: dict, classes: list[str], prefix: str = "eval") -> None:
+def wandb_tables(runlog: RunLog, results: dict, arrays: dict, classes: list[str], prefix: str = "test") -> None:
     """The suite as a W&B summary, a results table, confusion matrices, per-class bars, histograms."""
 
     def send(run):
