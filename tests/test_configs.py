@@ -52,7 +52,8 @@ def test_groups_have_the_expected_options():
     assert options("defense") == ["at", "mart", "trades"]
     assert options("attack") == ["fat", "pgd"]
     assert options("ema") == ["none", "standard"]
-    assert {"quick", "standard", "full", "autoattack", "nonuniform", "mail_table2", "vir_table1", "ewat_table2"} == set(
+    assert {"quick", "standard", "full", "autoattack", "nonuniform", "mail_table2", "vir_table1", "ewat_table2",
+            "audit", "robustbench"} == set(
         options("eval"))
     assert len(options("experiment")) >= 13
 

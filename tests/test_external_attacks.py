@@ -179,3 +179,23 @@ def test_fmn_runs():
     res = run_fmn(model, x, y, eps=EPS, steps=20, batch_size=8)
     assert float(_linf(res.x_adv, x).max()) <= EPS + 1e-6
     assert res.robust_accuracy <= res.clean_accuracy
+
+
+def test_library_attacks_on_saturated_images_return_valid_points_and_agree():
+    """Real-image statistics: a third of the pixels at 0 and a third at 1. Every library attack's
+    returned point is in the ball and [0, 1], and AutoAttack's per_attack ends at robust_accuracy."""
+    model, _, _ = _data()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(16, 3, 8, 8, generator=g)
+    u = torch.rand(x.shape, generator=g)
+    x[u < 1 / 3], x[u > 2 / 3] = 0.0, 1.0
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    aa = run_autoattack(model, x, y, eps=EPS, batch_size=16)
+    sq = run_square(model, x, y, eps=EPS, n_queries=50, batch_size=16)
+    for res in (aa, sq):
+        assert float(_linf(res.x_adv, x).max()) <= EPS + 1e-6
+        assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
+        with torch.no_grad():
+            assert torch.equal(res.robust, model(res.x_adv).argmax(1) == y)
+    assert aa.per_attack[aa.protocol["attacks"][-1]] == pytest.approx(aa.robust_accuracy)

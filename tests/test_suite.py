@@ -210,3 +210,26 @@ def test_audit_flags_a_randomised_model(tiny, cfg_eval):
     a = res["audit"]
     assert "randomness" in a["reasons"] and a["checks"]["randomness"]["value"] > 0 and a["eot"] == 2
     assert a["checks"]["autoattack_checks"]["warnings"]  # AutoAttack's own check agrees
+
+
+def test_one_pgd_per_row_feeds_the_column_and_a_rob(tiny, monkeypatch):
+    """eval=nonuniform's PGD-20 column and A_rob: one unweighted PGD run over the whole set, A_rob is the
+    column's number, and the worst case includes it."""
+    import advrw.evaluation.suite as suite
+
+    model, x, y = tiny
+    calls = []
+    real = suite.pgd
+
+    def counting(*args, **kw):
+        calls.append((kw["objective"], len(args[1])))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(suite, "pgd", counting)
+    res, _ = run_suite(model, x, y, _ev(alpha_test=[1.0], rho=[]), num_classes=10, progress=False)
+    unweighted = [n for objective, n in calls if objective == "ce"]
+    assert sum(unweighted) == len(y)  # every example attacked once by the one PGD-20 run
+    nu = res["nonuniform"]
+    assert nu["A_rob"] == pytest.approx(res["attacks"]["pgd20"]["robust_accuracy"], abs=1e-7)
+    assert nu["attack"]["column"] == "pgd20" and nu["attack"]["steps"] == 20
+    assert res["worst_case"]["robust_accuracy"] <= nu["A_rob"] + 1e-7

@@ -119,6 +119,10 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     clean_acc = float((clean_pred == y).double().mean())
     per_attack = _per_attack(handler.records, attacks, n, int((clean_pred == y).sum()), clean_acc)
     warnings = [r.getMessage() for r in handler.records if r.levelno >= logging.WARNING] + notes
+    robust_acc = float(robust.double().mean())
+    if n_bad and attacks:  # breaks the cascade counted at invalid points are not breaks: no stage may end below
+        per_attack = {k: (v if k == "clean" else max(v, robust_acc)) for k, v in per_attack.items()}
+        per_attack[attacks[-1]] = robust_acc
     protocol = {
         "attack": "autoattack",
         "library": "pyautoattack",
@@ -143,7 +147,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
         "batch_size": int(batch_size),
         "n_invalid": n_bad,
     }
-    return AutoAttackResult(x_adv=x_adv, robust=robust, robust_accuracy=float(robust.double().mean()),
+    return AutoAttackResult(x_adv=x_adv, robust=robust, robust_accuracy=robust_acc,
                             clean_accuracy=clean_acc, protocol=protocol, per_attack=per_attack,
                             warnings=warnings)
 
