@@ -17,7 +17,8 @@ from pathlib import Path
 from advrw.config import CONF_DIR
 from advrw.core.errors import AdvrwError
 from advrw.config import resume as resume_cfg
-from advrw.config.validation import preflight, suggest
+from advrw.config.validation import preflight
+from advrw.core.rules import suggest
 from advrw.core.keys import override_key
 
 MAX_JOBS = 256
