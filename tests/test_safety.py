@@ -268,3 +268,10 @@ def test_a_submitit_job_stopped_by_sigterm_is_one_line_per_job(tmp_path):
     assert "Traceback" not in proc.stderr and len(lines) == 2, proc.stderr[-3000:]
     for job, line in zip(("0", "1"), lines):
         assert f"job {job} stopped by SIGTERM" in line and f"resume={sweep / job}" in line
+
+
+def test_an_epoch_of_zero_weights_is_one_warning_naming_the_scheme(tmp_path):
+    proc = ok(cli("train", *COMMON, "weighting=ewat", "weighting.tau=1e-9", "eval.plots=false",
+                  f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path))
+    warned = [x for x in (proc.stdout + proc.stderr).splitlines() if "weight 0 for all of epoch" in x]
+    assert len(warned) == 1 and "weighting=ewat {'tau': 1e-09}" in warned[0], proc.stdout[-2000:]
