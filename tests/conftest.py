@@ -129,3 +129,34 @@ def pytest_collection_modifyitems(items):
         fixtures = [d[-1].func for d in defs.values() if d]
         if fn is not None and (_runs_the_cli(fn) or any(_runs_the_cli(f) for f in fixtures)):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (skips where mounting is not permitted); ``small_disk.fill(leave)`` fills it."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mounting a 2 MiB tmpfs is not permitted here")
+    try:
+        yield SmallDisk(mnt)
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+class SmallDisk:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fill(self, leave: int) -> None:
+        """Fill the disk, then free ``leave`` bytes (less room than the next write needs)."""
+        filler = self.path / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        os.truncate(filler, max(0, filler.stat().st_size - leave))

@@ -237,43 +237,24 @@ def test_a_kill_inside_the_first_save_then_rerun_in_place(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ full disk
-def _fill(mnt: Path, leave: int) -> None:
-    fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    os.truncate(mnt / "filler", max(0, (mnt / "filler").stat().st_size - leave))
+def test_a_full_disk_in_the_final_evaluation_and_under_eval(full_run, tmp_path, small_disk):
+    import shutil
 
-
-def test_a_full_disk_in_the_final_evaluation_and_under_eval(full_run, tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("mounting a 2 MiB tmpfs is not permitted here")
-    try:
-        import shutil
-
-        run = mnt / "r"  # training done (a copy of a finished run without results): the final evaluation fills the disk
-        run.mkdir()
-        for name in ("last.pt", "metrics.jsonl"):
-            shutil.copy(full_run / name, run / name)
-        _fill(mnt, 40_000)
-        proc = cli("train", f"resume={run}", f"hydra.run.dir={run}", "progress=false", cwd=tmp_path)
-        assert proc.returncode == 4, proc.stderr[-3000:]
-        line = one_line(proc)
-        assert "no space left on device" in line and str(run) in line, line
-        left = [p for p in run.iterdir() if p.suffix == ".tmp" or p.stat().st_size == 0]
-        assert not left and not (run / "results.json").exists(), left  # a resume with room finishes it
-        out = mnt / "e"
-        proc = cli("eval", f"ckpt={full_run}", "logger=none", "progress=false", f"hydra.run.dir={out}", cwd=tmp_path)
-        assert proc.returncode == 4 and "no space left on device" in one_line(proc), proc.stderr[-3000:]
-        assert not [p for p in out.rglob("*") if p.is_file() and (p.suffix == ".tmp" or p.stat().st_size == 0)]
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+    run = small_disk.path / "r"  # a finished training without results: the final evaluation fills the disk
+    run.mkdir()
+    for name in ("last.pt", "metrics.jsonl"):
+        shutil.copy(full_run / name, run / name)
+    small_disk.fill(40_000)
+    proc = cli("train", f"resume={run}", f"hydra.run.dir={run}", "progress=false", cwd=tmp_path)
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    line = one_line(proc)
+    assert "no space left on device" in line and str(run) in line, line
+    left = [p for p in run.iterdir() if p.suffix == ".tmp" or p.stat().st_size == 0]
+    assert not left and not (run / "results.json").exists(), left  # a resume with room finishes it
+    out = small_disk.path / "e"
+    proc = cli("eval", f"ckpt={full_run}", "logger=none", "progress=false", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 4 and "no space left on device" in one_line(proc), proc.stderr[-3000:]
+    assert not [p for p in out.rglob("*") if p.is_file() and (p.suffix == ".tmp" or p.stat().st_size == 0)]
 
 
 @pytest.mark.slow
@@ -287,3 +268,10 @@ def test_a_submitit_job_stopped_by_sigterm_is_one_line_per_job(tmp_path):
     assert "Traceback" not in proc.stderr and len(lines) == 2, proc.stderr[-3000:]
     for job, line in zip(("0", "1"), lines):
         assert f"job {job} stopped by SIGTERM" in line and f"resume={sweep / job}" in line
+
+
+def test_an_epoch_of_zero_weights_is_one_warning_naming_the_scheme(tmp_path):
+    proc = ok(cli("train", *COMMON, "weighting=ewat", "weighting.tau=1e-9", "eval.plots=false",
+                  f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path))
+    warned = [x for x in (proc.stdout + proc.stderr).splitlines() if "weight 0 for all of epoch" in x]
+    assert len(warned) == 1 and "weighting=ewat {'tau': 1e-09}" in warned[0], proc.stdout[-2000:]

@@ -18,8 +18,9 @@ from pathlib import Path
 from advrw.config import CONF_DIR
 from advrw.core.errors import AdvrwError
 from advrw.config import resume as resume_cfg
-from advrw.config.validation import preflight, suggest
+from advrw.config.validation import preflight
 from advrw.core.keys import HYDRA_ONLY_FLAGS, override_key
+from advrw.core.rules import suggest
 
 MAX_JOBS = 256
 _SKIP = set(HYDRA_ONLY_FLAGS)

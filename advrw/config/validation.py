@@ -1,141 +1,41 @@
 """Every config value a run could reject, checked on the composed config before any work.
 
-Each check raises ``AdvrwError`` with one line: the key, the bad value, what is allowed. Most
-checks are rows of declarative tables (``TRAIN_RULES``, ``EVAL_RULES``, ``SCHEME_RULES``,
-``DEFENSE_RULES``); relations between keys (burn-in < epochs, milestones inside the schedule,
-validation.n <= val_size) are spelled out below them.
+Each check raises ``AdvrwError`` with one line: the key, the bad value, what is allowed. Each
+feature owns its rules next to its code (``weighting.validate_scheme``, ``defenses.validate_defense``,
+``data.checks.validate_dataset``/``check_data_files``, ``awp.validate_minimizer``, ...); this module
+composes them, with the run-wide tables (``TRAIN_RULES``, ``EVAL_RULES``) and the relations between
+keys (burn-in < epochs, milestones inside the schedule, validation.n <= val_size).
 
-Hooks for new keys: write ``validate_<thing>(cfg)`` in your module and add one call to
-:func:`validate_train` (or :func:`validate_eval`); :func:`check` and the rule constructors
-(:func:`number`, :func:`integer`, :func:`boolean`, :func:`choice`) are there to reuse.
+Hooks for new keys: write ``validate_<thing>(cfg)`` in your module with the rule makers of
+:mod:`advrw.core.rules` (:func:`number`, :func:`integer`, :func:`boolean`, :func:`choice`, :func:`check`)
+and add one call to :func:`validate_train` (or :func:`validate_eval`).
 :func:`preflight` checks files (data, checkpoints) for the command-line precheck.
 """
 
 from __future__ import annotations
 
-import difflib
-import inspect
-import math
-from typing import Any, Callable
-
 from omegaconf import DictConfig, OmegaConf
 
-from advrw.attacks.fat import validate_attack
 from advrw.attacks import audit, registry
 from advrw.attacks.engine import BN_MODES, INITS, check_budget
-from advrw.methods.awp import validate_minimizer
-from advrw.methods.ema import validate_ema
-from advrw.data.mixed import validate_extra
-from advrw.data.subsets import RULES as SUBSET_RULES
+from advrw.attacks.fat import validate_attack
+from advrw.attacks.registry import selected_attacks
 from advrw.config import resume as resume_cfg
 from advrw.core import checkpoints as ckpt_io
 from advrw.core.errors import AdvrwError
 from advrw.core.hardware import resolve_device, validate_runtime
 from advrw.core.keys import CHECKPOINT_CHOICES, as_list, validate_checkpoint_choice
-from advrw.methods.weighting import COMBINES, CONTROL_KEYS, SCHEMES
-from advrw.methods import defenses
-from advrw.methods.defenses import DEFENSES
-from advrw.data import DATASET_NAMES
+from advrw.core.rules import boolean, check, choice, integer, number, numbers, show, suggest, value
+from advrw.data.checks import check_data_files, validate_dataset
+from advrw.data.mixed import validate_extra
+from advrw.data.subsets import RULES as SUBSET_RULES
+from advrw.methods.awp import validate_minimizer
+from advrw.methods.defenses import validate_defense
+from advrw.methods.ema import validate_ema
+from advrw.methods.weighting import validate_scheme
 from advrw.models import MODEL_NAMES, validate_model, zoo
-from advrw.data.checks import check_data_files
-from advrw.attacks.registry import selected_attacks
 
 ATTACK_LOSSES = ("auto", "ce", "kl", "cw", "scaled_ce")
-_ABSENT = object()
-
-Rule = Callable[[str, Any], None]
-
-
-# ----------------------------------------------------------------------------------- rule makers
-
-
-def show(value: Any) -> str:
-    """How a value appears in a message: strings quoted, numbers and lists as typed."""
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-def suggest(word: str, candidates) -> str:
-    """`` (did you mean X?)`` for the closest candidate, else ``''``."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-def _bounds(gt=None, ge=None, lt=None, le=None) -> str:
-    parts = [f"> {gt}" if gt is not None else "", f">= {ge}" if ge is not None else "",
-             f"< {lt}" if lt is not None else "", f"<= {le}" if le is not None else ""]
-    return " and ".join(p for p in parts if p)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def number(*, gt=None, ge=None, lt=None, le=None, null=False, integer=False) -> Rule:
-    """A finite number (an int with ``integer``) inside the bounds; None only with ``null``."""
-    what = ("an integer" if integer else "a finite number")
-    bounds = _bounds(gt, ge, lt, le)
-    allowed = what + (f" {bounds}" if bounds else "") + (" or null" if null else "")
-
-    def rule(key, v):
-        if v is None and null:
-            return
-        typed = isinstance(v, int) and not isinstance(v, bool) if integer else _is_number(v) and math.isfinite(v)
-        if not typed:
-            raise AdvrwError(f"{key}={show(v)} is invalid: must be {allowed}")
-        if not ((gt is None or v > gt) and (ge is None or v >= ge) and (lt is None or v < lt)
-                and (le is None or v <= le)):  # the right type, out of range: the bounds say it
-            raise AdvrwError(f"{key}={show(v)} is invalid: must be {allowed if integer else bounds}")
-    return rule
-
-
-def integer(**bounds) -> Rule:
-    return number(integer=True, **bounds)
-
-
-def boolean(null=False) -> Rule:
-    def rule(key, v):
-        if not (isinstance(v, bool) or (null and v is None)):
-            raise AdvrwError(f"{key}={show(v)} is invalid: must be true or false" + (" or null" if null else ""))
-    return rule
-
-
-def choice(*options) -> Rule:
-    def rule(key, v):
-        if not isinstance(v, (str, type(None))) or v not in options:
-            raise AdvrwError(f"{key}={show(v)} is unknown: choose one of {', '.join(map(str, options))}"
-                             + (suggest(v, options) if isinstance(v, str) else ""))
-    return rule
-
-
-def numbers(**bounds) -> Rule:
-    """A number or a list of numbers (e.g. eval.alpha_test), each checked like ``number``."""
-    one = number(**bounds)
-
-    def rule(key, v):
-        if OmegaConf.is_list(v) or isinstance(v, (list, tuple)):
-            for x in v:
-                one(key, x)
-        elif v is not None:
-            one(key, v)
-    return rule
-
-
-def value(cfg: DictConfig, key: str) -> Any:
-    """``cfg``'s value at the dotted ``key`` (``_ABSENT`` when missing); unresolvable -> one line."""
-    try:
-        v = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=True)
-    except Exception as err:  # an interpolation that does not resolve, a ??? value
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise AdvrwError(f"{key} cannot be read: {first}") from None
-    return v
-
-
-def check(cfg: DictConfig, rules, prefix: str = "") -> None:
-    """Apply ``[(key, rule), ...]`` to ``cfg``; keys missing from ``cfg`` are skipped."""
-    for key, rule in rules:
-        v = value(cfg, key)
-        if v is not _ABSENT:
-            rule(prefix + key, v)
 
 
 # ----------------------------------------------------------------------------------- the tables
@@ -182,22 +82,6 @@ TRAIN_RULES = [
     ("validation.n", integer(ge=1, null=True)),
 ]
 
-DATASET_RULES = [
-    ("val_size", integer(ge=0)),
-    ("split_seed", integer(ge=0)),
-    ("n_train", integer(ge=1, null=True)),
-    ("n_test", integer(ge=1, null=True)),
-    ("subset", choice(*SUBSET_RULES)),
-    ("augment", boolean(null=True)),
-    ("normalize", boolean()),
-    ("download", boolean()),
-    ("num_classes", integer(ge=2, null=True)),
-    ("channels", integer(ge=1)),
-    ("image_size", integer(ge=1)),
-    ("seed", integer(ge=0)),
-    ("decode_workers", integer(ge=1, null=True)),
-]
-
 EVAL_RULES = [
     ("eps", number(gt=0)),
     ("batch_size", integer(ge=1)),
@@ -210,52 +94,8 @@ EVAL_RULES = [
     ("plots", boolean()),
 ]
 
-# The formula's hyperparameters per scheme (keys are checked against the function's signature too).
-SCHEME_RULES = {
-    "none": [],
-    "gairat": [("lam", number()), ("normalize", boolean())],
-    "mail": [("gamma", number(gt=0)), ("beta", number()), ("pm", choice("adv", "nat", "dif")),
-             ("normalize", choice("batch", "scale", "none")), ("scale", number(gt=0))],
-    "vir": [("alpha", number(gt=0)), ("gamma", number(ge=0)), ("beta", number(ge=0)),
-            ("factors", choice("both", "sv", "sd"))],
-    "ewat": [("tau", number(gt=0))],
-    "margin_exp": [("alpha", number(ge=0))],
-}
-
-DEFENSE_RULES = {
-    "at": [("label_smoothing", number(ge=0, lt=1))],
-    "trades": [("beta_trades", number(ge=0)), ("detach_nat", boolean()), ("label_smoothing", number(ge=0, lt=1))],
-    "mart": [("lambda_mart", number(ge=0)), ("detach_nat", boolean()), ("label_smoothing", number(ge=0, lt=1))],
-}
 
 # ----------------------------------------------------------------------------------- validators
-
-
-def validate_scheme(cfg: DictConfig) -> None:
-    """weighting.*: the scheme, its wiring and every hyperparameter, now rather than when burn-in ends."""
-    w = cfg.weighting
-    check(cfg, [("weighting.name", choice(*SCHEMES)), ("weighting.combine", choice(*COMBINES))])
-    fn = SCHEMES[w.name]
-    params = [p for p in inspect.signature(fn).parameters if p not in ("z_nat", "z_adv", "y", "kappa")]
-    for key in w:
-        if key not in CONTROL_KEYS and key != "burn_in" and key not in params:
-            raise AdvrwError(f"weighting.{key} is not a hyperparameter of weighting={w.name}: it has "
-                             f"{', '.join(params) or 'no hyperparameters'}{suggest(key, params)}")
-    check(w, SCHEME_RULES.get(str(w.name), []), prefix="weighting.")
-
-
-def validate_defense(cfg: DictConfig) -> None:
-    check(cfg, [("defense.name", choice(*DEFENSES)), ("defense.attack_init", choice(*INITS))])
-    # the loss takes **_ (shared call site): a misspelled +defense.key would be silently ignored
-    fn = getattr(defenses, "_LOSSES", {}).get(str(cfg.defense.name))
-    if fn is not None:
-        params = [n for n, p in inspect.signature(fn).parameters.items()
-                  if p.kind is p.KEYWORD_ONLY and n != "combine"]
-        for key in cfg.defense:
-            if key != "name" and not str(key).startswith("attack_") and key not in params:
-                raise AdvrwError(f"defense.{key} is not a setting of defense={cfg.defense.name}: it has "
-                                 f"{', '.join(params) or 'none'}{suggest(key, params)}")
-    check(cfg.defense, DEFENSE_RULES.get(str(cfg.defense.name), []), prefix="defense.")
 
 
 def validate_schedule(cfg: DictConfig) -> None:
@@ -283,17 +123,6 @@ def validate_schedule(cfg: DictConfig) -> None:
                              f"is invalid: must be a list of increasing integers in 1..schedule.epochs ({s.epochs})")
 
 
-def validate_dataset(cfg: DictConfig) -> None:
-    check(cfg, [("dataset.name", choice(*DATASET_NAMES))])
-    check(cfg.dataset, DATASET_RULES, prefix="dataset.")
-    d = cfg.dataset
-    if d.get("channels") not in (None, 1, 3):
-        raise AdvrwError(f"dataset.channels={d.channels} is invalid: must be 1 or 3")
-    if d.get("n_train") is not None and d.val_size >= d.n_train:
-        raise AdvrwError(f"dataset.val_size={d.val_size} is invalid: must be < dataset.n_train={d.n_train} "
-                         "(the validation split is taken from the training set)")
-
-
 def validate_eval(cfg: DictConfig) -> None:
     """The evaluation suite's inputs: attack names and budgets, alpha_test, rho, n_eval, subset."""
     check(cfg.eval, EVAL_RULES, prefix="eval.")
@@ -316,11 +145,12 @@ def validate_eval(cfg: DictConfig) -> None:
 
 def validate_train(cfg: DictConfig) -> None:
     """Everything a training run could reject, checked before any work."""
-    validate_dataset(cfg)
+    validate_dataset(cfg)  # advrw.data.checks
     check(cfg, [("model.name", choice(*MODEL_NAMES))])
     validate_model(cfg)  # activation / bn_momentum (advrw.models)
-    validate_defense(cfg)
-    validate_scheme(cfg)
+    validate_defense(cfg)  # advrw.methods.defenses
+    check(cfg, [("defense.attack_init", choice(*INITS))])
+    validate_scheme(cfg)  # advrw.methods.weighting
     check(cfg, TRAIN_RULES)
     a = cfg.attack
     check_budget(a.eps, a.step, a.steps, a.init, a.bn_mode, prefix="attack")

@@ -1,4 +1,4 @@
-"""The data set's files, checked before any run dir exists (the command-line precheck runs this for
+"""The data set's rules (``dataset.*`` values) and its files, checked before any run dir exists (the command-line precheck runs this for
 every job of a sweep): torchvision files present, archives readable, ``.npz`` contents (rows,
 image shape and dtype, labels) -- what ``build_data`` would otherwise refuse after job 0 ran."""
 
@@ -8,7 +8,38 @@ from pathlib import Path
 
 from advrw.core.errors import AdvrwError
 from advrw.data import archive, sources
+from advrw.data.build import DATASET_NAMES
 from advrw.data.options import default_data_root, opt_path
+from advrw.data.subsets import RULES as SUBSET_RULES
+from advrw.core.rules import boolean, check, choice, integer
+
+
+DATASET_RULES = [
+    ("val_size", integer(ge=0)),
+    ("split_seed", integer(ge=0)),
+    ("n_train", integer(ge=1, null=True)),
+    ("n_test", integer(ge=1, null=True)),
+    ("subset", choice(*SUBSET_RULES)),
+    ("augment", boolean(null=True)),
+    ("normalize", boolean()),
+    ("download", boolean()),
+    ("num_classes", integer(ge=2, null=True)),
+    ("channels", integer(ge=1)),
+    ("image_size", integer(ge=1)),
+    ("seed", integer(ge=0)),
+    ("decode_workers", integer(ge=1, null=True)),
+]
+
+
+def validate_dataset(cfg) -> None:
+    check(cfg, [("dataset.name", choice(*DATASET_NAMES))])
+    check(cfg.dataset, DATASET_RULES, prefix="dataset.")
+    d = cfg.dataset
+    if d.get("channels") not in (None, 1, 3):
+        raise AdvrwError(f"dataset.channels={d.channels} is invalid: must be 1 or 3")
+    if d.get("n_train") is not None and d.val_size >= d.n_train:
+        raise AdvrwError(f"dataset.val_size={d.val_size} is invalid: must be < dataset.n_train={d.n_train} "
+                         "(the validation split is taken from the training set)")
 
 
 def _channels_last(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -12,11 +12,14 @@ and the CE part of MART's BCE (its ``-log(1.0001 - max_{k!=y} p_k)`` margin term
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
 from advrw.core.errors import AdvrwError
 from advrw.methods.functional import kl_per_example, true_prob
+from advrw.core.rules import boolean, check, choice, number, suggest
 
 DEFENSES = ("at", "trades", "mart")
 # Which defenses need the natural logits in their loss (so the trainer runs a clean forward).
@@ -80,3 +83,26 @@ def defense_loss(name: str, z_nat, z_adv, y, w, **kwargs):
     if NEEDS_NATURAL[name] and z_nat is None:
         raise AdvrwError(f"defense={name} needs the natural logits, got None")
     return fn(z_nat, z_adv, y, w, **kwargs)
+
+
+# ----------------------------------------------------------------------------------- config rules
+_LS = ("label_smoothing", number(ge=0, lt=1))
+DEFENSE_RULES = {
+    "at": [_LS],
+    "trades": [("beta_trades", number(ge=0)), ("detach_nat", boolean()), _LS],
+    "mart": [("lambda_mart", number(ge=0)), ("detach_nat", boolean()), _LS],
+}
+
+
+def validate_defense(cfg) -> None:
+    check(cfg, [("defense.name", choice(*DEFENSES))])
+    # the loss takes **_ (shared call site): a misspelled +defense.key would be silently ignored
+    fn = _LOSSES.get(str(cfg.defense.name))
+    if fn is not None:
+        params = [n for n, p in inspect.signature(fn).parameters.items()
+                  if p.kind is p.KEYWORD_ONLY and n != "combine"]
+        for key in cfg.defense:
+            if key != "name" and not str(key).startswith("attack_") and key not in params:
+                raise AdvrwError(f"defense.{key} is not a setting of defense={cfg.defense.name}: it has "
+                                 f"{', '.join(params) or 'none'}{suggest(key, params)}")
+    check(cfg.defense, DEFENSE_RULES.get(str(cfg.defense.name), []), prefix="defense.")

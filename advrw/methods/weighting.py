@@ -16,6 +16,8 @@ How a weight enters the loss is the defense's business (``advrw.methods.defenses
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from typing import Callable
 
 from advrw.core.errors import AdvrwError
 from advrw.methods.functional import entropy, kl_per_example, prob_margin, true_prob
+from advrw.core.rules import boolean, check, choice, number, suggest
 
 
 def batch_normalize(w: torch.Tensor) -> torch.Tensor:
@@ -194,3 +197,30 @@ def compute_weights(name: str, z_nat, z_adv, y, kappa=None, *, detach: bool = Tr
         return torch.ones(len(y), device=y.device)
     w = get_scheme(name)(z_nat, z_adv, y, kappa, **hparams)
     return w.detach() if detach else w
+
+
+# ----------------------------------------------------------------------------------- config rules
+# The formula's hyperparameters per scheme (keys are checked against the function's signature too).
+SCHEME_RULES = {
+    "none": [],
+    "gairat": [("lam", number()), ("normalize", boolean())],
+    "mail": [("gamma", number(gt=0)), ("beta", number()), ("pm", choice("adv", "nat", "dif")),
+             ("normalize", choice("batch", "scale", "none")), ("scale", number(gt=0))],
+    "vir": [("alpha", number(gt=0)), ("gamma", number(ge=0)), ("beta", number(ge=0)),
+            ("factors", choice("both", "sv", "sd"))],
+    "ewat": [("tau", number(gt=0))],
+    "margin_exp": [("alpha", number(ge=0))],
+}
+
+
+def validate_scheme(cfg) -> None:
+    """weighting.*: the scheme, its wiring and every hyperparameter, now rather than when burn-in ends."""
+    w = cfg.weighting
+    check(cfg, [("weighting.name", choice(*SCHEMES)), ("weighting.combine", choice(*COMBINES))])
+    fn = SCHEMES[w.name]
+    params = [p for p in inspect.signature(fn).parameters if p not in ("z_nat", "z_adv", "y", "kappa")]
+    for key in w:
+        if key not in CONTROL_KEYS and key != "burn_in" and key not in params:
+            raise AdvrwError(f"weighting.{key} is not a hyperparameter of weighting={w.name}: it has "
+                             f"{', '.join(params) or 'no hyperparameters'}{suggest(key, params)}")
+    check(w, SCHEME_RULES.get(str(w.name), []), prefix="weighting.")

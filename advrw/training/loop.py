@@ -172,7 +172,9 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
     if state.stop_epoch < int(s.epochs):
         log.info("stopped after epoch %d of %d (stop_after=%s); continue with resume=%s",
                  state.stop_epoch, s.epochs, cfg.stop_after, run_dir)
+        state.guard.defer("W&B finishing", "finish")
         runlog.finish()
+        state.guard.check()  # a signal meanwhile still ends with 75 (last.pt is saved)
         return {}
     guard = state.guard
     try:  # a signal now stops after the current attack or figure; resume redoes what is missing

@@ -110,7 +110,7 @@ class SignalGuard:
     def check(self) -> None:
         """Raise :class:`Interrupted` if a signal arrived during a deferred phase."""
         if self.requested is not None and self.phase is not None:
-            raise Interrupted(f"{self.name} during {self.phase}: training is complete in {self.run_dir / 'last.pt'}; "
+            raise Interrupted(f"{self.name} during {self.phase}: training is saved in {self.run_dir / 'last.pt'}; "
                               f"finish with: {resume_command(self.run_dir)}")
 
     def between_attacks(self) -> None:
