@@ -16,31 +16,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from advrw.evaluation import bestlast
-from advrw.methods import ema as weight_avg
-from advrw.core import checkpoints as ckpt_io
-from advrw.core import hardware
 from advrw.config import CONF_DIR
-from advrw.config.precheck import precheck, remove_stray_run_dir
-from advrw.config.validation import validate_eval
-from advrw.core.files import write_json
-from advrw.core.hardware import resolve_device, seed_everything
 from advrw.core.errors import AdvrwError
-from advrw.core.exits import guarded, launch
-from advrw.core.keys import override_key
-from advrw.records.provenance import git_state, job_command
-from advrw.records.runlog import RunLog
-from advrw.data import build_data, subsets
-from advrw.models import build_model
-from advrw.evaluation.results import write_report
-from advrw.evaluation.suite import run_suite
-from advrw.records.identity import eval_logger_settings
+from advrw.core.keys import hydra_only, override_key
 
 log = logging.getLogger("advrw.eval")
-
-
-def checkpoint_path(ckpt: str, kind: str) -> Path:
-    return ckpt_io.resolve(ckpt, kind, key="ckpt")
 
 
 def effective_config(cfg: DictConfig, saved: dict | None) -> DictConfig:
@@ -87,77 +67,21 @@ def _whole_test_split(cfg: DictConfig, trained: dict, overrides: list[str]) -> N
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    both = cfg.eval.checkpoint == "both"  # best.pt and last.pt of a run dir (advrw/evaluation/bestlast.py)
-    path = (checkpoint_path(bestlast.run_dir_for_both(cfg.ckpt), "last") if both
-            else checkpoint_path(cfg.ckpt, cfg.eval.checkpoint))
-    trust = bool(cfg.get("ckpt_trust", False))
-    obj = ckpt_io.read(path, trust=trust)
-    is_advrw = "config" in obj and "model" in obj
-    cfg = effective_config(cfg, obj if is_advrw else None)
+    """Read the checkpoint, merge its config with the command line, validate, then the shared runner."""
+    # deferred: torch and the evaluation stack, so --help and tab completion answer at once
+    from advrw.config.validation import validate_eval  # deferred: torch (see above)
+    from advrw.evaluation import runner  # deferred: torch
+
+    path, obj = runner.cli_checkpoint(cfg)
+    cfg = effective_config(cfg, obj if runner.is_advrw(obj) else None)
     validate_eval(cfg)
-    device = resolve_device(cfg.device)
-    seed_everything(int(cfg.eval.seed), False)
-    data = build_data(cfg.dataset, device)
-    idx, picked = subsets.eval_subset(data.test_y, cfg.eval)
-    n_eval = len(idx)
-    norm = (data.mean, data.std) if cfg.dataset.get("normalize") else (None, None)
-    model = build_model(cfg.model.name, data.num_classes, in_channels=data.channels, image_size=data.image_size,
-                        mean=norm[0], std=norm[1], activation=cfg.model.get("activation"))
-    # an averaging run is scored on the weights its ema.evaluate names (the EMA unless raw)
-    weights = weight_avg.scored(OmegaConf.create(obj["config"]))[-1] if is_advrw and "ema" in obj else None
-
-    def state_of(ckpt):
-        return ckpt_io.model_state(weight_avg.weights_of(ckpt, weights) if weights else ckpt)
-
-    ckpt_io.load_model_state(model, state_of(obj), str(path), cfg.model.name, data.num_classes)
-    model.to(device).eval()
-    kind = path.stem if path.stem in ("best", "last") else "state_dict" if not is_advrw else "checkpoint"
-    config = OmegaConf.to_container(cfg, resolve=True)
-    git = git_state()
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
-    info = {"git_commit": git["commit"], "git_dirty": git["dirty"], "git_diff_sha1": git["diff_sha1"],
-            "command": job_command("advrw.eval", overrides), "checkpoint": str(path.resolve()),
-            "checkpoint_kind": kind, "epoch": obj.get("epoch") if is_advrw else None,
-            "runtime": hardware.eval_runtime(device)}
-    write_json(run_dir / "run_info.json", info)
-    logger_cfg, run_name, link = eval_logger_settings(config["logger"], config, run_dir, obj if is_advrw else None)
-    runlog = RunLog(run_dir, logger_cfg, {**config, **link, "run_info": info}, name=run_name)
-    x = data.test_x[idx.to(data.test_x.device)].float().div_(255)
-    y = data.test_y[idx.to(data.test_y.device)]
-    log.info("evaluating %s (%s, epoch %s) with eval=%s on %d %s test images, eps %.4g", path, kind,
-             info["epoch"], cfg.eval.name, n_eval, cfg.dataset.name, cfg.eval.eps)
-    ev = OmegaConf.to_container(cfg.eval, resolve=True)
-    def load(p):
-        if not both:  # the one checkpoint is in the model already
-            return obj
-        state = ckpt_io.read(p, trust=trust)  # the model holds one checkpoint at a time
-        ckpt_io.load_model_state(model, state_of(state), str(p), cfg.model.name, data.num_classes)
-        return state
-
-    def protocol_of(kind, p, state):
-        out = {"checkpoint": bestlast.protocol(kind, p, state) if is_advrw else
-               {"path": str(Path(p).resolve()), "kind": kind, "epoch": info["epoch"]},
-               "model": cfg.model.name, "dataset": cfg.dataset.name, "split": "test", "eval": cfg.eval.name,
-               "subsets": {**data.subsets, "eval": picked}, "runtime": info["runtime"]}
-        if weights:
-            out["checkpoint"]["weights"] = weights
-        if is_advrw:
-            tc = state["config"]
-            out.update({"defense": tc["defense"]["name"], "weighting": tc["weighting"]["name"],
-                        "train_seed": tc.get("seed"), "minimizer": tc.get("minimizer", {}).get("name", "sgd"),
-                        "train_runtime": (state.get("run_info") or {}).get("runtime")})
-        return out
-
-    checkpoints = [(k, path.parent / f"{k}.pt") for k in bestlast.kinds("both")] if both else [(kind, path)]
-    results, arrays = bestlast.score(
-        checkpoints, load,
-        lambda: run_suite(model, x, y, ev, num_classes=data.num_classes, progress=bool(cfg.progress)), protocol_of)
-    write_report(run_dir, results, arrays, data.classes, runlog, plots=bool(cfg.eval.plots))
-    runlog.finish()
-    return results
+    return runner.eval_checkpoint(cfg, path, obj, run_dir, overrides)
 
 
 def _validate_cli(cfg: DictConfig) -> None:
+    from advrw.config.validation import validate_eval  # deferred: torch (tab completion imports this module)
+
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise AdvrwError("ckpt is required: ckpt=<run dir or .pt file>")
     validate_eval(cfg)
@@ -165,12 +89,21 @@ def _validate_cli(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from advrw.config.precheck import remove_stray_run_dir  # deferred: torch (see run)
+    from advrw.core.exits import guarded  # deferred: torch
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     results = guarded(lambda: run(cfg, run_dir), refused=lambda: remove_stray_run_dir(run_dir))
     return results.get("worst_case", {}).get("robust_accuracy")
 
 
 def main() -> None:
+    if hydra_only(sys.argv[1:]):  # --help / tab completion: Hydra answers, nothing to check
+        _hydra_main()
+        return
+    from advrw.config.precheck import precheck  # deferred: torch (validation imports the attacks)
+    from advrw.core.exits import launch  # deferred: torch
+
     precheck("eval", _validate_cli)
     launch(_hydra_main)
 

@@ -7,6 +7,7 @@ composes ``conf/train.yaml``, :func:`advrw.training.loop.run` does the work, and
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -14,14 +15,17 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from advrw.config import CONF_DIR
-from advrw.config.precheck import precheck, remove_stray_run_dir
-from advrw.config.validation import validate_train
-from advrw.core.exits import guarded, launch
-from advrw.training.loop import run
+from advrw.core.keys import hydra_only
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    # deferred: torch and the training stack load only when a run starts, so --help and tab completion
+    # (which import this module) answer in a fraction of a second
+    from advrw.config.precheck import remove_stray_run_dir  # deferred: torch (see above)
+    from advrw.core.exits import guarded  # deferred: torch
+    from advrw.training.loop import run  # deferred: torch
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     results = guarded(lambda: run(cfg, run_dir), refused=lambda: remove_stray_run_dir(run_dir))
     attacks = results.get("attacks", {})
@@ -30,6 +34,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    if hydra_only(sys.argv[1:]):  # --help / tab completion: Hydra answers, nothing to check
+        _hydra_main()
+        return
+    from advrw.config.precheck import precheck  # deferred: torch (validation imports the attacks)
+    from advrw.config.validation import validate_train  # deferred: torch
+    from advrw.core.exits import launch  # deferred: torch
+
     precheck("train", validate_train)
     launch(_hydra_main)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CIFAR_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+# The real CIFAR-10 JPEG archive (tests that need it skip without it): $ADVRW_CIFAR10_ARCHIVE, else
+# ../shared/data/cifar10-jpeg.tar.gz beside the checkout (the README's path), never an absolute one.
+CIFAR_JPEG = Path(os.environ.get("ADVRW_CIFAR10_ARCHIVE") or ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
+# A test is ``slow`` (left out by ``pytest -m "not slow"``) when it or one of its fixtures starts a
+# training or an evaluation through the CLI: each such run costs seconds to minutes on a CPU.
+_CLI_RUN = re.compile(r"""\b(?:run_)?cli\(\s*["'](?:train|eval)["']""")
 
 
 def cli(module: str, *args: str, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -105,3 +112,20 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _runs_the_cli(func) -> bool:
+    try:
+        return bool(_CLI_RUN.search(inspect.getsource(func)))
+    except (OSError, TypeError):
+        return False
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that trains or evaluates through the CLI (itself or in a fixture) ``slow``."""
+    for item in items:
+        fn = getattr(item, "function", None)
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}) or {}
+        fixtures = [d[-1].func for d in defs.values() if d]
+        if fn is not None and (_runs_the_cli(fn) or any(_runs_the_cli(f) for f in fixtures)):
+            item.add_marker(pytest.mark.slow)

@@ -66,7 +66,9 @@ def test_debug_fast_fits_every_paper_preset():
         cfg = compose_config("train", f"experiment={name}", "debug=fast")
         validate_train(cfg)
         assert cfg.schedule.epochs == 2 and cfg.schedule.burn_in == min(cfg.weighting.burn_in, 1), name
-        assert cfg.eval.name == "quick" and cfg.eval.n_eval == 200 and cfg.dataset.n_train == 500
+        assert cfg.eval.name == "quick" and cfg.eval.n_eval == 100 and cfg.dataset.n_train == 256
+        assert cfg.attack.steps == 3 and cfg.attack.step * 3 >= cfg.attack.eps  # the shortened attack still reaches eps
+        assert cfg.validation.n == (min(cfg.dataset.val_size, 100) if cfg.dataset.val_size else None)
     # a sweep preset's own eval= gives way to debug=fast
     assert compose_config("train", "sweep=vir_table1", "debug=fast").eval.name == "quick"
 
@@ -170,18 +172,29 @@ def test_zeng_alpha_sweep_report_and_figures(zeng_sweep):
         assert sorted(res["nonuniform"]["alpha_test"]) == ["0.5", "1.0", "1.5", "2.0"]
         seen.add((res["protocol"]["defense"], json.loads((j / "run_info.json").read_text())["choices"]["weighting"]))
     assert len(jobs) == 4 and seen == {("at", "margin_exp"), ("trades", "margin_exp")}
-    md = ok(cli("report", str(sweep), cwd=cwd)).stdout
+    md = ok(cli("report", str(sweep), "--wandb", cwd=cwd, env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})).stdout
     head = next(ln for ln in md.splitlines() if ln.startswith("|"))
     for a in ("0.5", "1", "1.5", "2"):
-        assert f"| A_sa@{a} |" in head and f"| A_tr@{a} |" in head
+        assert f"| A_sa (α={a}) |" in head and f"| A_tr (α={a}) |" in head
     rows = [ln for ln in md.splitlines() if ln.startswith("| ")][1:]
     assert [tuple(c.strip() for c in r.split("|")[1:3]) for r in rows] == [
-        ("at", "0"), ("at", "2"), ("trades", "0"), ("trades", "2")]
+        ("margin_exp (alpha=0)", "0"), ("margin_exp (alpha=2)", "2"), ("margin_exp-TRADES (alpha=0)", "0"),
+        ("margin_exp-TRADES (alpha=2)", "2")]
     # W&B: named from what differs (the swept alpha_train), never by job number; one group per config
-    runs = [wandb_records(j)[0] for j in jobs]
+    records = [wandb_records(j) for j in jobs]
+    runs = [r for r, _, _ in records]
     assert sorted(r.display_name for r in runs) == sorted(
         f"margin_exp-{d}-synthetic-tiny-alpha={a}-s0" for d in ("at", "trades") for a in ("0", "2"))
     assert len({r.run_group for r in runs}) == 4
+    # the campaign: a tag and a config field on every training run and on the report run that joins them
+    report, _, report_config = wandb_records(sweep)
+    assert report.job_type == "report"
+    for run, summary, config in [*records, (report, {}, report_config)]:
+        assert f"campaign-{sweep.name}" in run.tags and config["campaign"] == sweep.name
+    for run, summary, config in records:  # W&B's panels group by prefix
+        assert {"train/loss", "train/w_mean", "train/lr", "test/clean"} <= set(summary)
+        assert "train/class_weight_sum/class0" in summary and not any(k.startswith("eval/") for k in summary)
+        assert config["weighting"]["burn_in"] == config["schedule"]["burn_in"]  # the value that ran
     for name in ("alpha_test_curves.png", "heatmap_A_tr_alpha_test.png", "heatmap_defense_x_weighting.alpha.png"):
         assert (sweep / name).stat().st_size > 1000, name
 
@@ -246,14 +259,16 @@ def test_wandb_train_resume_and_eval_records(tmp_path):
     assert full.run_id == part.run_id  # the resume continued the same W&B run
     assert full.display_name == "vir-at-synthetic-tiny-s0" and full.job_type == "train"
     assert full.run_group.startswith("vir-at-synthetic-tiny-") and "s0" not in full.run_group
-    assert {"eval/clean", "eval/pgd20", "eval/worst_case", "best/val_robust", "best/epoch"} <= set(summary)
-    assert summary["eval/clean"] == pytest.approx(results(tmp_path / "full")["clean"]["accuracy"])
-    assert not any(k.startswith("class_weight_sum/") for k in summary)
-    assert any(k.startswith("class_weight_sums") for k in summary) and "figures/class_weight_sums/path" in summary
+    assert {"test/clean", "test/pgd20", "test/worst_case", "best/val_robust", "best/epoch"} <= set(summary)
+    assert {"val/robust", "val/clean", "train/loss"} <= set(summary)
+    assert summary["test/clean"] == pytest.approx(results(tmp_path / "full")["clean"]["accuracy"])
+    # class weight sums: one scalar per class and epoch, not a table of all epochs re-sent every epoch
+    assert {f"train/class_weight_sum/class{c}" for c in range(10)} <= set(summary)
+    assert not any(k.startswith("class_weight_sums") for k in summary) and "figures/class_weight_sums/path" in summary
     assert ev.job_type == "eval" and ev.run_group == full.run_group
     assert ev.display_name == "vir-at-synthetic-tiny-s0-eval-quick"
     assert ev_config["train_run"]["id"] == full.run_id
-    assert ev_summary["eval/clean"] == pytest.approx(results(tmp_path / "ev")["clean"]["accuracy"])
+    assert ev_summary["test/clean"] == pytest.approx(results(tmp_path / "ev")["clean"]["accuracy"])
 
 
 def test_wandb_identity_from_what_differs():
@@ -314,3 +329,36 @@ def test_report_paper_numbers_numeric_sort_and_unfinished(tmp_path, capsys, monk
     rows = [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| ")][1:]
     assert rows == ["2", "3", "10"] and "paper" not in md.split("Accuracy in %")[0]  # not the preset: no paper
     assert "Jobs without results (1)" in md and "trained 1/3 epochs" in md and str(tmp_path / "g" / "3") in md
+
+
+@pytest.mark.slow
+def test_continued_sweep_jobs_count_in_their_sweep_and_resumed_experiments_keep_their_rows(tmp_path):
+    """A stop_after sweep continued job by job with resume= (the README's advice after a time limit):
+    the sweep's report counts the continuations, two different resumed experiments stay two rows,
+    lineage is recorded both ways, each job's command is its own, and a finished run makes no new dir."""
+    sweep = tmp_path / "sweep"
+    tiny = [o for o in TINY if not o.startswith("schedule.")] + ["schedule.epochs=2", "schedule.burn_in=0",
+                                                                 "schedule.milestones=[2]"]
+    ok(cli("train", "-m", *tiny, "weighting=none,vir", "stop_after=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+    for j in ("0", "1"):
+        ok(cli("train", f"resume={sweep / j}", f"hydra.run.dir={tmp_path / ('cont' + j)}", cwd=tmp_path))
+    md = ok(cli("report", str(sweep), "--no-plots", "--out", str(tmp_path / "rep"), cwd=tmp_path)).stdout
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ")][1:]
+    assert [r.split("|")[1].strip() for r in rows] == ["AT", "VIR-AT"] and "Jobs without results" not in md
+    assert all(r.split("|")[2].strip() == "n=1" for r in rows)
+    # the continuations alone (command lines: only resume=...) are still two experiments
+    md = ok(cli("report", str(tmp_path / "cont0"), str(tmp_path / "cont1"), "--no-plots", "--out",
+                str(tmp_path / "rep2"), cwd=tmp_path)).stdout
+    assert [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| ")][1:] == ["AT", "VIR-AT"]
+    first = json.loads((sweep / "1" / "run_info.json").read_text())
+    cont = json.loads((tmp_path / "cont1" / "run_info.json").read_text())
+    assert first["continued_by"] == [str((tmp_path / "cont1").resolve())]
+    assert cont["continues"] == str((sweep / "1").resolve())
+    assert first["command"].startswith("python -m advrw.train ") and "weighting=vir" in first["command"]
+    assert "weighting=none" not in first["command"] and "-m" not in first["command"].split()[2:]  # its own values
+    assert cont["command"] == f"python -m advrw.train resume={sweep / '1'}"
+    assert isinstance(first["git_dirty"], bool) and cont["config"]["weighting"]["name"] == "vir"
+    assert Path(results(tmp_path / "cont1")["protocol"]["checkpoint"]["path"]).is_absolute()
+    assert results(tmp_path / "cont1")["classes"] == [f"class{c}" for c in range(10)]
+    proc = ok(cli("train", f"resume={tmp_path / 'cont1'}", f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path))
+    assert "is complete" in proc.stdout and not (tmp_path / "again").exists()

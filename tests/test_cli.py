@@ -94,6 +94,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(run_cli, tmp_path
     (["attack.loss=hinge"], "attack.loss='hinge' is unknown"),
     (["weighting=margin_exp", "attack.weighted=true", "attack.loss=cw"], "cannot be combined with attack.weighted"),
     (["-m", "weighting=vir", "weighting.gamma=3,10", "schedule.burn_in=0,5"], "schedule.burn_in=5 is invalid"),
+    (["-m", "seed=0,1", "hydra/launcher=bogus"], "hydra/launcher=bogus is unknown: choose one of basic"),
 ])
 def test_bad_input_is_one_line_before_any_work(run_cli, tmp_path, args, expected):
     proc = run_cli("train", "experiment=smoke", *args, f"hydra.run.dir={tmp_path / 'bad'}",

@@ -19,8 +19,9 @@ from PIL import Image
 from advrw.data import DATASET_NAMES, DataBundle, DeviceBatches, build_data, crop_flip
 from advrw.data import archive as archive_mod
 from advrw.core.errors import AdvrwError
+from conftest import CIFAR_JPEG
 
-REAL_ARCHIVE = Path("/work/shared/data/cifar10-jpeg.tar.gz")
+REAL_ARCHIVE = CIFAR_JPEG  # $ADVRW_CIFAR10_ARCHIVE or ../shared/data/ beside the checkout (conftest)
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 

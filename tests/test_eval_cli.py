@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
 from conftest import ok, results
+from test_campaigns import wandb_records
 
 
 def test_eval_writes_results_and_figures(run_cli, tmp_path, trained_run):
@@ -26,6 +28,30 @@ def test_eval_writes_results_and_figures(run_cli, tmp_path, trained_run):
     assert nu["dro"]["0.0"]["accuracy"] == pytest.approx(nu["A_rob"])
     for png in ("confusion_pgd20.png", "per_class_pgd20.png", "entropy_hist.png", "nonuniform_weights.png"):
         assert (out / "figures" / png).stat().st_size > 1000, png
+
+
+def _structure(value):
+    """Keys and leaf types of a JSON value (list items by the first one's structure)."""
+    if isinstance(value, dict):
+        return {k: _structure(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return ["list", _structure(value[0]) if value else None]
+    return type(value).__name__
+
+
+def test_both_clis_write_the_same_protocol_structure(run_cli, tmp_path, trained_run):
+    """The trained run's results.json (train's final evaluation) and advrw.eval on its last.pt with
+    the same eval config: the same protocol, key by key and type by type (one runner)."""
+    out = tmp_path / "same"
+    ok(run_cli("eval", f"ckpt={trained_run / 'last.pt'}", "eval=quick", "logger=none", f"hydra.run.dir={out}"))
+    train_p, eval_p = results(trained_run)["protocol"], results(out)["protocol"]
+    assert set(train_p) == set(eval_p), set(train_p) ^ set(eval_p)
+    for key in train_p:
+        assert _structure(train_p[key]) == _structure(eval_p[key]), key
+    assert isinstance(eval_p["minimizer"], dict) and eval_p["minimizer"] == train_p["minimizer"]
+    for key in ("checkpoint", "model", "dataset", "defense", "weighting", "train_seed", "eval", "subsets", "n_eval"):
+        assert train_p[key] == eval_p[key], key
+    assert results(out)["attacks"]["pgd20"] == results(trained_run)["attacks"]["pgd20"]
 
 
 def test_eval_best_checkpoint_and_plain_state_dict(run_cli, tmp_path, trained_run):
@@ -78,3 +104,28 @@ def test_eval_missing_and_unreadable_checkpoint(run_cli, tmp_path):
     assert proc.returncode == 2 and "is unreadable" in proc.stderr
     proc = run_cli("eval", "logger=none")
     assert proc.returncode == 2 and "ckpt is required" in proc.stderr
+
+
+AUDIT_SMALL = ("eval.audit_settings.steps=[5,20]", "eval.audit_settings.losses_steps=20",
+               "eval.audit_settings.square_queries=100", "eval.audit_settings.n=32",
+               "eval.audit_settings.eps_factors=[0.5,1,8]")
+
+
+@pytest.mark.slow  # two CLI runs with the audit (~60 s on a busy 2-core box)
+def test_audit_through_both_clis_with_the_wandb_logger(run_cli, tmp_path, trained_run):
+    """eval=audit under advrw.eval and eval.audit=true after training (default W&B logger, offline):
+    the audit block in results.json, its verdict in the console table and in W&B's summary."""
+    env = {"WANDB_MODE": "offline"}
+    out = tmp_path / "audited"
+    proc = ok(run_cli("eval", f"ckpt={trained_run}", "eval=audit", *AUDIT_SMALL, f"hydra.run.dir={out}", env=env))
+    a = results(out)["audit"]
+    assert a["verdict"] in ("reliable", "flagged") and a["n"] == 32
+    assert a["checks"]["unbounded"]["threshold"] == 0.01 and set(a["checks"]["convergence"]["accuracy"]) == {"5", "20"}
+    assert re.search(rf"audit +{a['verdict']}", proc.stdout + proc.stderr)
+    _, summary, _ = wandb_records(out)
+    assert summary["eval/audit"].startswith(a["verdict"]) and summary["eval/audit_reliable"] == (a["verdict"] == "reliable")
+    run = tmp_path / "trained_audited"
+    ok(run_cli("train", "experiment=smoke", "eval.audit=true", *AUDIT_SMALL, "schedule.epochs=1",
+               "schedule.burn_in=0", f"hydra.run.dir={run}"))
+    t = results(run)["audit"]
+    assert set(t["checks"]) == set(a["checks"]) and t["checks"]["unbounded"]["pass"] in (True, False)

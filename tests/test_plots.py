@@ -84,3 +84,37 @@ def test_bad_input(tmp_path):
         plots.plot_confusion(np.ones((3, 4)), None, tmp_path / "x.png")
     with pytest.raises(AdvrwError, match="weights"):
         plots.plot_weight_hists({}, tmp_path / "x.png")
+
+
+def test_report_alpha_curves_one_panel_per_defense_every_curve_distinct(tmp_path, monkeypatch):
+    from advrw.records.report import figures as rf
+    from advrw.records.report.table import Row
+
+    saved = {}
+    real_save = rf._save
+    monkeypatch.setattr(rf, "_save", lambda fig, out, name: saved.setdefault(name, fig) and real_save(fig, out, name))
+    alphas = [0.0, 0.5, 1.0]
+    rows = []
+    for d in ("at", "trades"):
+        for k in range(7):  # 14 curves: more than tab10's colours
+            stats = {f"{m}@{a:g}": (50.0 + k + a, None, 1, None) for a in alphas for m in ("A_sa", "A_tr")}
+            rows.append(Row({"defense": d, "weighting.alpha": str(k)}, 1, [0], stats,
+                            config={"defense": {"name": d}}))
+    columns = [f"{m}@{a:g}" for a in alphas for m in ("A_sa", "A_tr")]
+    paths = rf.figures(rows, ["defense", "weighting.alpha"], columns, tmp_path)
+    assert {p.name for p in paths} >= {"alpha_test_curves.png", "heatmap_A_tr_alpha_test.png"}
+    assert all(p.stat().st_size > 1000 for p in paths) and not list(tmp_path.glob(".*.tmp"))
+    fig = saved["alpha_test_curves.png"]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["AT: A_sa against alpha_test", "AT: A_tr against alpha_test",
+                      "TRADES: A_sa against alpha_test", "TRADES: A_tr against alpha_test"]
+    for ax in fig.axes:
+        looks = [(ln.get_color(), ln.get_linestyle(), ln.get_marker()) for ln in ax.get_lines()
+                 if ln.get_linestyle() != "None"]  # the curves, not their error-bar caps
+        assert len(looks) == 7 and len(set(looks)) == 7
+    legend = fig.axes[0].get_legend()
+    assert legend is not None and legend.get_bbox_to_anchor().y0 < fig.axes[0].get_window_extent().y0  # below
+    styles = {(s["color"], s["linestyle"]) for s in map(rf.line_style, range(14))}
+    assert len(styles) == 14
+    # heatmap digits: dark on viridis' light cells, white on its dark ones
+    assert rf._text_colour(90, 0, 100) == "black" and rf._text_colour(10, 0, 100) == "white"

@@ -194,3 +194,71 @@ def test_report_best_and_last_columns_from_one_evaluation(tmp_path, capsys):
     assert ewat[4].startswith("50.50 ± 0.71") and ewat[5].startswith("40.50 ± 0.71")
     assert ewat[6].startswith("45.00") and ewat[7].startswith("38.00")
     assert "`best`: best.pt" in md and "validation split" in md
+
+
+# ---- the report never gives a traceback ----
+
+def test_report_lists_and_skips_corrupt_or_foreign_results(tmp_path, capsys, caplog):
+    good = _results(0.8, {"pgd20": 0.4})
+    _job(tmp_path / "s" / "0", ["weighting=none", "seed=0"], good, config_overrides=["experiment=smoke"])
+    _job(tmp_path / "s" / "1", ["weighting=none", "seed=1"], None, config_overrides=["experiment=smoke"])
+    (tmp_path / "s" / "1" / "results.json").write_text(json.dumps(good)[:40])  # truncated by a full disk
+    _job(tmp_path / "s" / "2", ["weighting=none", "seed=2"], None, config_overrides=["experiment=smoke"])
+    (tmp_path / "s" / "2" / "results.json").write_text("[1, 2, 3]")  # another tool's file
+    assert main([str(tmp_path / "s"), "--no-plots"]) == 0
+    md = capsys.readouterr().out
+    head, rows = _table(md)
+    assert len(rows) == 1 and rows[0][1] == "n=1" and rows[0][2] == "80.00"
+    for d, why in (("1", "not readable JSON"), ("2", "not an advrw results.json (a list")):
+        path = str(tmp_path / "s" / d / "results.json")
+        assert f"`{path}`: {why}" in md and path in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["file", "readonly", "full"])
+def test_report_unwritable_out_is_one_line(tmp_path, capsys, monkeypatch, kind):
+    import errno
+    import os
+
+    _job(tmp_path / "s" / "0", ["seed=0"], _results(0.8, {"pgd20": 0.4}), config_overrides=["experiment=smoke"])
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("x")
+    elif kind == "readonly":
+        out.mkdir()
+        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == out else True)  # root ignores modes
+    else:
+        def full(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(os, "fsync", full)
+    code = main([str(tmp_path / "s"), "--no-plots", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == (4 if kind == "full" else 2) and len(err) == 1 and err[0].startswith("advrw: error: ")
+    assert str(out) in err[0] and "Traceback" not in err[0]
+    if kind != "file":
+        assert not [p for p in out.iterdir()]  # no 0-byte report.md, no temp file
+
+
+def test_report_latex_is_a_booktabs_table_with_the_papers_names(tmp_path, capsys):
+    for exp, w in (("at_rn18_cifar10", 0.40), ("vir_trades_rn18_cifar10", 0.45)):
+        for seed in (0, 1):
+            _job(tmp_path / "s" / f"{exp}-{seed}", [f"experiment={exp}", f"seed={seed}"],
+                 _results(0.8 + 0.01 * seed, {"pgd20": w, "autoattack": w - 0.05}))
+    assert main([str(tmp_path / "s"), "--no-plots", "--latex", "--bold"]) == 0
+    tex = capsys.readouterr().out
+    lines = tex.splitlines()
+    assert "\\usepackage{booktabs}" in lines[0] and lines[1] == "\\begin{table}[t]" and lines[-1] == "\\end{table}"
+    assert [ln for ln in lines if ln in ("\\toprule", "\\midrule", "\\bottomrule")] == ["\\toprule", "\\midrule",
+                                                                                     "\\bottomrule"]
+    cap = next(ln for ln in lines if ln.startswith("\\caption{"))
+    assert "CIFAR" in cap.upper() and "100 test examples" in cap and "(n=2)" in cap
+    assert "PGD-20: eps 8/255, 20 x 0.8/255" in cap and "AA: eps 8/255, version standard" in cap
+    head = lines[lines.index("\\toprule") + 1]
+    assert head.startswith("Method & experiment & Clean & PGD-20 & AA & Worst case")
+    body = lines[lines.index("\\midrule") + 1:lines.index("\\bottomrule")]
+    assert [b.split(" & ")[0] for b in body] == ["AT", "VIR-TRADES"]
+    vir = body[1].split(" & ")
+    assert vir[3].startswith("$\\mathbf{45.00") and not body[0].split(" & ")[3].startswith("$\\mathbf")
+    assert "(56.01" not in tex  # a preset's paper numbers are (paper, Δ) only where the paper has the column
+    # the Markdown table: bold best per column too
+    assert main([str(tmp_path / "s"), "--no-plots", "--bold"]) == 0
+    assert "**45.00 ± 0.00**" in capsys.readouterr().out

@@ -94,6 +94,13 @@ BAD_TRAIN = [
     (["dataset=cifar10", "dataset.root=/nonexistent/advrw-data"], "dataset.download=false"),
     (["dataset.extra_npz=/nonexistent/e.npz"], "dataset.extra_npz='/nonexistent/e.npz' does not exist"),
     (["resume=/nonexistent/run"], "resume=/nonexistent/run has no checkpoint"),
+    # degenerate settings (issue 15) and Hydra's own groups
+    (["schedule.batch_size=5000", "dataset.n_train=3000", "dataset.val_size=0"],
+     "schedule.batch_size=5000 is invalid: must be in 1..3000"),
+    (["eval.only=[]"], "eval.only=[] is invalid: name at least one attack"),
+    (["minimizer=awp", "minimizer.warmup=100"], "minimizer.warmup=100 is invalid: must be in 0..1"),
+    (["hydra/launcher=bogus"], "hydra/launcher=bogus is unknown: choose one of"),
+    (["-m", "seed=0,1", "hydra/sweeper=nope"], "hydra/sweeper=nope is unknown"),
 ]
 
 

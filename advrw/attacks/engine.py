@@ -82,7 +82,7 @@ def random_start(x: torch.Tensor, eps: float, init: str, generator=None, clamp: 
 
 
 def _ascend(model, x, y, objective, ref_logits, params, eps, step, steps, init, track_kappa,
-            generator, amp_dtype, clamp_start=True, tau=None, omega=0.0, plan=None, keep_fooled=False):
+            generator, amp_dtype, clamp_start=True, tau=None, omega=0.0, plan=None, keep_fooled=False, eot=1):
     """The PGD loop. Returns ``(x_adv, kappa, steps_taken)``.
 
     ``tau`` (FAT, Zhang et al. 2020, Alg. 1 and the public ``earlystop``): an iterate that is
@@ -92,7 +92,8 @@ def _ascend(model, x, y, objective, ref_logits, params, eps, step, steps, init, 
     to every step. ``plan``: per-iteration ``(objective, step)`` overriding both. ``keep_fooled``:
     return the first *valid* iterate (in the eps-ball and [0, 1]) the model misclassified (else the
     final one), as the MD attacks do: an unclipped start outside [0, 1] never counts, so it
-    cannot hide a later valid break.
+    cannot hide a later valid break. ``eot``: gradients summed over that many forwards per step
+    (Expectation over Transformation, for a randomised model).
     """
     x_adv = random_start(x, eps, init, generator, clamp=clamp_start)
     n = len(x)
@@ -127,6 +128,10 @@ def _ascend(model, x, y, objective, ref_logits, params, eps, step, steps, init, 
             found |= newly
         loss = obj(logits, y, ref_logits, **params).sum()
         (grad,) = torch.autograd.grad(loss, x_adv)
+        for _ in range(eot - 1):
+            with autocast(x.device.type, amp_dtype):
+                resampled = model(x_adv)
+            grad = grad + torch.autograd.grad(obj(resampled, y, ref_logits, **params).sum(), x_adv)[0]
         moved = x_adv.detach() + size * grad.sign()
         if omega:
             moved = moved + omega * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -148,7 +153,7 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         track_kappa: bool = False, generator: torch.Generator | None = None,
         amp_dtype: torch.dtype | None = None, final_logits: bool = False, clamp_start: bool = True,
         tau: int | None = None, omega: float = 0.0, plan: list | None = None, keep_fooled: bool = False,
-        target: torch.Tensor | None = None) -> PGDResult:
+        target: torch.Tensor | None = None, eot: int = 1) -> PGDResult:
     """L_inf PGD: ``x'_{t+1} = clip_[0,1](Proj_B(x,eps)(x'_t + step * sign(grad L)))``.
 
     ``objective`` is a name from ``advrw.attacks.objectives`` (``ce``, ``kl``, ``cw``,
@@ -177,7 +182,10 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
         plan = [(get_objective(name), float(size)) for name, size in plan]
     obj = get_objective(objective)
     params = {"alpha": alpha, "scale": scale, "target": target}
-    mode = {"clamp_start": clamp_start, "tau": tau, "omega": omega, "plan": plan, "keep_fooled": keep_fooled}
+    if int(eot) != eot or eot < 1:
+        raise AdvrwError(f"attack.eot={eot} is invalid: must be an integer >= 1")
+    mode = {"clamp_start": clamp_start, "tau": tau, "omega": omega, "plan": plan, "keep_fooled": keep_fooled,
+            "eot": int(eot)}
     with model_mode(model, bn_mode == "train"):
         x_adv, kappa, taken = _ascend(model, x, y, obj, ref_logits, params, eps, step, steps, init,
                                       track_kappa, generator, amp_dtype, **mode)

@@ -69,6 +69,8 @@ def _pgd_protocol(spec: dict, eps: float) -> dict:
         proto["scale"] = float(spec["scale"])
     if proto["objective"] == "weighted_ce":
         proto["alpha"] = float(spec["alpha"])
+    if int(spec["eot"]) > 1:  # Expectation over Transformation (randomised models)
+        proto["eot"] = int(spec["eot"])
     return proto
 
 
@@ -134,8 +136,9 @@ def _run_fmn(model, x, y, spec, eps, *, batch_size, seed):
 _INT1 = {"ge": 1}
 KINDS: dict[str, AttackKind] = {k.name: k for k in (
     AttackKind("fgsm", {}, white_box=True, protocol=_fgsm_protocol),
-    AttackKind("pgd", {"objective": "ce", "restarts": 1, "init": "uniform", "scale": 10.0, "alpha": 1.0},
+    AttackKind("pgd", {"objective": "ce", "restarts": 1, "init": "uniform", "scale": 10.0, "alpha": 1.0, "eot": 1},
                rules=(("steps", "int", _INT1), ("step", "number", {"gt": 0}), ("restarts", "int", _INT1),
+                      ("eot", "int", _INT1),
                       ("init", "choice", INITS), ("objective", "choice", tuple(OBJECTIVES)),
                       ("scale", "number", {"gt": 0}), ("alpha", "number", {"ge": 0})),
                white_box=True, protocol=_pgd_protocol, relations=_pgd_relations),

@@ -19,11 +19,10 @@ from advrw.config import CONF_DIR
 from advrw.core.errors import AdvrwError
 from advrw.config import resume as resume_cfg
 from advrw.config.validation import preflight, suggest
-from advrw.core.keys import override_key
+from advrw.core.keys import HYDRA_ONLY_FLAGS, override_key
 
 MAX_JOBS = 256
-_SKIP = {"-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc",
-         "--version", "--resolve"}
+_SKIP = set(HYDRA_ONLY_FLAGS)
 _WITH_VALUE = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--experimental-rerun",
                "--cfg", "-c", "--package", "-p", "--info", "-i"}
 RUN_MARKERS = ("last.pt", "best.pt", "results.json", "metrics.jsonl")
@@ -117,7 +116,8 @@ def check_output_dir(overrides: list[str], multirun: bool, resume: str | None) -
         fail(f"output dir {str(target)!r} is not writable: pick another hydra.{'sweep' if multirun else 'run'}.dir")
     if explicit and not multirun and target.is_dir():
         found = [m for m in RUN_MARKERS if (target / m).exists()]
-        if found and not (resume and Path(resume).resolve() in (target.resolve(), (target / "last.pt").resolve())):
+        # records without a checkpoint: a run killed inside its first save, started again in place
+        if found and found != ["metrics.jsonl"] and not (resume and Path(resume).resolve() in (target.resolve(), (target / "last.pt").resolve())):
             fail(f"hydra.run.dir={explicit} already holds a run ({', '.join(found)}): pass resume={explicit} "
                  "to continue it, or choose a new dir (nothing was changed)")
 

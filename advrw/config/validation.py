@@ -21,7 +21,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from advrw.attacks.fat import validate_attack
-from advrw.attacks import registry
+from advrw.attacks import audit, registry
 from advrw.attacks.engine import BN_MODES, INITS, check_budget
 from advrw.methods.awp import validate_minimizer
 from advrw.methods.ema import validate_ema
@@ -36,9 +36,8 @@ from advrw.methods.weighting import COMBINES, CONTROL_KEYS, SCHEMES
 from advrw.methods import defenses
 from advrw.methods.defenses import DEFENSES
 from advrw.data import DATASET_NAMES
-from advrw.models import MODEL_NAMES, validate_model
+from advrw.models import MODEL_NAMES, validate_model, zoo
 from advrw.data.checks import check_data_files
-from advrw.data.options import default_data_root, opt_path
 from advrw.attacks.registry import selected_attacks
 
 ATTACK_LOSSES = ("auto", "ce", "kl", "cw", "scaled_ce")
@@ -301,6 +300,10 @@ def validate_eval(cfg: DictConfig) -> None:
     ev = cfg.eval
     for name, spec in (ev.attacks or {}).items():
         registry.validate(f"eval.attacks.{name}", spec, ev.eps)  # each kind's rules (advrw/attacks/registry.py)
+    if ev.get("only") is not None and not as_list(ev.only):
+        raise AdvrwError(f"eval.only=[] is invalid: name at least one attack of eval={ev.name} "
+                         f"({', '.join(ev.attacks or {})}) or set eval.only=null for all of them")
+    audit.validate(ev)  # eval.audit / eval.audit_settings (advrw/attacks/audit.py)
     for name in as_list(ev.get("only")):
         if name not in (ev.attacks or {}):
             raise AdvrwError(f"eval.only names attack {name!r}, which eval={ev.name} does not have: "
@@ -329,6 +332,10 @@ def validate_train(cfg: DictConfig) -> None:
     validate_schedule(cfg)
     # the per-epoch validation attack uses attack.eps: report its own keys, not attack.*
     check_budget(a.eps, cfg.validation.step, cfg.validation.steps, prefix="validation")
+    n_train, bs = cfg.dataset.get("n_train"), cfg.schedule.batch_size
+    if isinstance(n_train, int) and bs > n_train - int(cfg.dataset.val_size or 0):
+        raise AdvrwError(f"schedule.batch_size={bs} is invalid: must be in 1..{n_train - int(cfg.dataset.val_size or 0)}"
+                         f", the training set's size (dataset.n_train={n_train} minus dataset.val_size)")
     n_val = cfg.validation.get("n")
     if n_val is not None and cfg.dataset.val_size and n_val > cfg.dataset.val_size:
         raise AdvrwError(f"validation.n={n_val} is invalid: must be <= dataset.val_size ({cfg.dataset.val_size})")
@@ -365,6 +372,12 @@ def preflight(config_name: str, cfg: DictConfig) -> None:
             return  # the data set is the checkpoint's: checked when it is read
         check_data_files(cfg.dataset)  # advrw.data.checks: files and npz contents
     elif config_name == "eval" and not OmegaConf.is_missing(cfg, "ckpt"):
+        if zoo.is_zoo(cfg.ckpt):  # RobustBench's layout, offline (advrw/models/zoo.py)
+            p = zoo.zoo_path(cfg.ckpt, cfg.robustbench)
+            if not p.is_file():
+                raise AdvrwError(zoo.missing_message(cfg.ckpt, p, cfg.robustbench))
+            ckpt_io.read(p, trust=bool(cfg.get("ckpt_trust", False)), key="ckpt", mmap=True)
+            return
         kind = cfg.eval.checkpoint if cfg.eval.checkpoint in ("last", "best") else "last"
         for k in ([kind] if cfg.eval.checkpoint != "both" else ["best", "last"]):
             path = ckpt_io.resolve(cfg.ckpt, k, key="ckpt")

@@ -28,6 +28,16 @@ NOT_IDENTITY = ("seed", "sweep") + INVOCATION_KEYS + LOCATION_KEYS + RECORD_KEYS
 CHECKPOINT_CHOICES = ("last", "best", "both")
 
 
+# Command-line flags Hydra answers itself (help, tab completion, config printing): no run, no checks.
+HYDRA_ONLY_FLAGS = ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc",
+                    "--version", "--resolve")
+
+
+def hydra_only(argv: list[str]) -> bool:
+    """Does this command line only ask Hydra something (``--help``, ``-sc query=bash`` ...)?"""
+    return any(a in HYDRA_ONLY_FLAGS or a.split("=")[0] in HYDRA_ONLY_FLAGS for a in argv)
+
+
 def override_key(override: str) -> str:
     """``+dataset.root@pkg=x`` -> ``dataset.root``: the key (or group) an override sets."""
     return override.lstrip("+~").split("=", 1)[0].split("@", 1)[0]

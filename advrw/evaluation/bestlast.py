@@ -34,13 +34,13 @@ def protocol(kind: str, path: Path, state: dict) -> dict:
 
 
 def score(checkpoints: list[tuple[str, Path]], load, run, protocol_of) -> tuple[dict, dict]:
-    """Score each ``(kind, path)``: ``load(path) -> state`` puts it in the model, ``run() ->
-    (results, arrays)`` evaluates it, ``protocol_of(kind, path, state)`` adds to its protocol.
+    """Score each ``(kind, path)``: ``load(path) -> state`` puts it in the model, ``run(kind, state)
+    -> (results, arrays)`` evaluates it, ``protocol_of(kind, path, state)`` adds to its protocol.
     Returns the merged results and the arrays of the last one scored (for the figures)."""
     scored, arrays = {}, None
     for kind, path in checkpoints:
         state = load(path)
-        results, arrays = run()
+        results, arrays = run(kind, state)
         results["protocol"].update(protocol_of(kind, path, state))
         scored[kind] = results
     return merge(scored), arrays

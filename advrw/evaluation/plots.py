@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from advrw.core.errors import AdvrwError
+from advrw.core.files import atomic_write
 from advrw.evaluation.metrics import histogram
 
 __all__ = ["plot_class_weight_sums", "plot_confusion", "plot_entropy_hist", "plot_per_class",
@@ -55,13 +56,8 @@ def _save(fig: Figure, path) -> Path:
         raise AdvrwError(f"path={str(path)!r} is invalid: plots are written as .png files")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp")  # whole or not at all: never a 0-byte PNG
-    try:
-        fig.savefig(tmp, format="png")
-        tmp.replace(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(out, "figure") as f:  # never a partial PNG (disk full: one line, exit 4)
+        fig.savefig(f, format="png")
     fig.clf()  # drop artists now; the Figure itself is garbage once we return
     return out
 

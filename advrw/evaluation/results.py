@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from advrw.core.errors import CheckpointWriteError
 from advrw.core.files import write_json
+from advrw.records.audit_verdict import verdict_text
 from advrw.records.runlog import RunLog
 from advrw.evaluation.suite import table
 
@@ -31,7 +33,7 @@ def figures(run_dir: Path, results: dict, arrays: dict, classes: list[str]) -> l
     return out
 
 
-def wandb_tables(runlog: RunLog, results: dict, arrays: dict, classes: list[str], prefix: str = "eval") -> None:
+def wandb_tables(runlog: RunLog, results: dict, arrays: dict, classes: list[str], prefix: str = "test") -> None:
     """The suite as a W&B summary, a results table, confusion matrices, per-class bars, histograms."""
 
     def send(run):
@@ -62,6 +64,9 @@ def wandb_tables(runlog: RunLog, results: dict, arrays: dict, classes: list[str]
         flat.update({f"{prefix}/{n}": e["robust_accuracy"] for n, e in results.get("attacks", {}).items()})
         if "worst_case" in results:
             flat[f"{prefix}/worst_case"] = results["worst_case"]["robust_accuracy"]
+        if "audit" in results:  # the gradient-masking audit's verdict and reasons
+            flat[f"{prefix}/audit"] = verdict_text(results)
+            flat[f"{prefix}/audit_reliable"] = results["audit"]["verdict"] == "reliable"
         if "nonuniform" in results:
             flat[f"{prefix}/A_rob"] = results["nonuniform"]["A_rob"]
         for a, v in results.get("nonuniform", {}).get("alpha_test", {}).items():
@@ -81,6 +86,8 @@ def write_report(run_dir: Path, results: dict, arrays: dict, classes: list[str],
         try:
             paths = figures(run_dir, results, arrays, classes)
             log.info("figures: %s", ", ".join(p.name for p in paths))
+        except CheckpointWriteError:  # disk full / read-only: one line naming the PNG, exit 4
+            raise
         except Exception as err:  # a plotting failure must not lose the numbers already written
             log.warning("figures failed: %s: %s", type(err).__name__, err)
     if runlog is not None:

@@ -18,7 +18,9 @@ from tqdm import tqdm
 from advrw.attacks import fgsm, model_mode, pgd, registry
 from advrw.attacks.registry import selected_attacks
 from advrw.core.keys import as_list
+from advrw.attacks import audit
 from advrw.evaluation import metrics
+from advrw.records.audit_verdict import verdict_text
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def white_box(model, x, y, spec, eps, *, batch_size, seed, only=None, desc="atta
         else:
             res = pgd(model, x[b], y[b], eps=eps, step=proto["step"], steps=proto["steps"], init=proto["init"],
                       objective=proto["objective"], alpha=proto.get("alpha", 1.0), scale=proto.get("scale", 10.0),
-                      restarts=proto["restarts"], generator=gen, final_logits=True)
+                      restarts=proto["restarts"], eot=proto.get("eot", 1), generator=gen, final_logits=True)
         logits[b] = res.logits
     return AttackOutput(logits, logits.argmax(1) == y, proto, {})
 
@@ -225,7 +227,27 @@ def run_suite(model, x, y, ev, *, num_classes, progress=True, done=None, on_unit
                 on_unit("nonuniform", nu)
         arrays["weights"] = {float(a): metrics.nonuniform_weights(base_logits, y, float(a)).cpu() for a in alphas}
         results["nonuniform"] = nu
+    if ev.get("audit"):
+        rec = done.get("audit")
+        if rec is None:
+            rec = _audit(model, x, y, ev, results["attacks"], eps=eps, bs=bs, seed=seed, progress=progress)
+            if on_unit is not None:
+                on_unit("audit", rec)
+        results["audit"] = rec
     return results, arrays
+
+
+def _audit(model, x, y, ev, suite_attacks, *, eps, bs, seed, progress):
+    """The gradient-masking audit on the first ``audit_settings.n`` examples (advrw/attacks/audit.py)."""
+    settings = dict(ev["audit_settings"])
+    n = min(int(settings["n"]), len(x))
+    xa, ya = x[:n], y[:n]
+    correct = predict(model, xa, bs).argmax(1) == ya
+
+    def attack(spec, e):
+        return white_box(model, xa, ya, spec, e, batch_size=bs, seed=seed, only=correct, desc="audit",
+                         progress=progress).robust
+    return audit.run_audit(model, xa, ya, eps, settings, attack, suite_attacks, seed=seed, batch_size=bs)
 
 
 def _short(proto: dict) -> str:
@@ -251,4 +273,7 @@ def table(results: dict) -> str:
         for r, v in nu["dro"].items():
             rows.append((f"DRO rho={r}", 100 * v["accuracy"], f"weighted loss {v['loss']:.4f}"))
     width = max(len(r[0]) for r in rows)
-    return "\n".join(f"{name:<{width}}  {acc:6.2f}%  {proto}" for name, acc, proto in rows)
+    lines = [f"{name:<{width}}  {acc:6.2f}%  {proto}" for name, acc, proto in rows]
+    if "audit" in results:
+        lines.append(f"{'audit':<{width}}  {verdict_text(results)} (n={results['audit']['n']}, results.json: audit)")
+    return "\n".join(lines)

@@ -98,6 +98,10 @@ def validate_minimizer(cfg) -> None:
         raise AdvrwError(f"minimizer.gamma={gamma} is invalid: must be a number >= 0 (AWP's relative weight step)")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise AdvrwError(f"minimizer.warmup={warmup} is invalid: must be an integer >= 0 (epochs without AWP)")
+    epochs = cfg.get("schedule", {}).get("epochs")
+    if isinstance(epochs, int) and warmup >= epochs:
+        raise AdvrwError(f"minimizer.warmup={warmup} is invalid: must be in 0..{epochs - 1} (< schedule.epochs="
+                         f"{epochs}), else AWP never runs")
 
 
 def spec_fields(cfg) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -76,12 +77,40 @@ def hydra_swept() -> list[str]:
     return swept_overrides(list(hc.overrides.task), sweep_ovs)
 
 
+def wandb_config(config: dict) -> dict:
+    """The config W&B shows, as it ran: ``weighting.burn_in`` is only the paper's default for
+    ``schedule.burn_in`` (the one the loop reads; ``debug=fast`` shortens it), so it shows that value."""
+    out = copy.deepcopy(config)
+    w, s = out.get("weighting"), out.get("schedule")
+    if isinstance(w, dict) and isinstance(s, dict) and "burn_in" in w and "burn_in" in s:
+        w["burn_in"] = s["burn_in"]
+    return out
+
+
+def hydra_campaign() -> str | None:
+    """The campaign of the current Hydra job: its sweep dir's name (``10-00-00-3fa2c1``), None outside a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(str(HydraConfig.get().sweep.dir)).name
+
+
+def campaign_tags(campaign: str | None, debug: str | None) -> list[str]:
+    """``campaign-<sweep id>`` (filter a sweep's train, eval and report runs in W&B) and ``debug``."""
+    return ([f"campaign-{campaign}"] if campaign else []) + (["debug"] if debug else [])
+
+
 def logger_settings(logger_cfg: dict, config: dict, run_dir, job_type: str, identity: dict | None = None,
-                    swept: list[str] | None = None) -> tuple[dict, str]:
+                    swept: list[str] | None = None, campaign: str | None = None,
+                    debug: str | None = None) -> tuple[dict, str]:
     """The logger config an entry point hands to ``RunLog``, and the run name.
 
     ``identity`` (``{"id", "name", "group"}``) continues a known W&B run (a resume); otherwise
     name and group come from the config. User-set ``logger.group`` / ``logger.run_name`` win.
+    ``campaign`` (the sweep's id) and ``debug`` (a ``debug=`` preset) add tags; a debug run's name
+    ends in ``-debug`` so it never reads as a real run's.
     """
     cfg = dict(logger_cfg)
     cfg["dir"] = cfg.get("dir") or str(run_dir)
@@ -93,7 +122,11 @@ def logger_settings(logger_cfg: dict, config: dict, run_dir, job_type: str, iden
     if cfg.get("tags") is None:
         cfg["tags"] = [(config.get(g) or {}).get("name") for g in ("defense", "weighting", "dataset", "model")
                        if isinstance(config.get(g), dict)]
-    return cfg, cfg.get("run_name") or derived["name"]
+    cfg["tags"] = [*cfg["tags"], *(t for t in campaign_tags(campaign, debug) if t not in cfg["tags"])]
+    name = cfg.get("run_name") or derived["name"]
+    if debug and not name.endswith("-debug"):
+        name += "-debug"
+    return cfg, name
 
 
 def eval_logger_settings(logger_cfg: dict, config: dict, run_dir, checkpoint: dict | None) -> tuple[dict, str, dict]:
@@ -114,8 +147,13 @@ def eval_logger_settings(logger_cfg: dict, config: dict, run_dir, checkpoint: di
         base = base_name(config)
         identity = {"name": f"eval-{base}-{eval_name}", "group": f"eval-{base}"}
         extra = {}
-    cfg, name = logger_settings(logger_cfg, config, run_dir, "eval", None)
+    info = (checkpoint or {}).get("run_info") or {}
+    campaign, debug = info.get("campaign"), ((checkpoint or {}).get("choices") or {}).get("debug")
+    cfg, name = logger_settings(logger_cfg, config, run_dir, "eval", None, campaign=campaign, debug=debug)
     cfg["group"] = logger_cfg.get("group") or identity["group"]
     if logger_cfg.get("tags") is None and checkpoint is not None and "config" in checkpoint:
-        cfg["tags"] = logger_settings({}, checkpoint["config"], run_dir, "eval")[0]["tags"]
-    return cfg, logger_cfg.get("run_name") or identity["name"], extra
+        cfg["tags"] = logger_settings({}, checkpoint["config"], run_dir, "eval", campaign=campaign, debug=debug)[0]["tags"]
+    if campaign:
+        extra["campaign"] = campaign
+    name = logger_cfg.get("run_name") or identity["name"]
+    return cfg, name + ("-debug" if debug and "-debug" not in name else ""), extra

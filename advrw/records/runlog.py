@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -48,6 +47,26 @@ def wandb_init_kwargs(cfg: dict, config: dict, name: str | None, run_dir: Path) 
     if cfg.get("id"):
         kwargs.update(id=cfg["id"], resume="allow")
     return kwargs
+
+
+def wandb_metrics(record: dict, classes=None) -> dict:
+    """metrics.jsonl's flat names as W&B's prefixes: ``val_robust`` -> ``val/robust``, ``train_loss`` ->
+    ``train/loss``, the rest of an epoch's numbers (lr, weights, timing) under ``train/``; the panels
+    group by prefix. ``class_weight_sum`` -> ``train/class_weight_sum/<class>``."""
+    out = {}
+    for k, v in record.items():
+        if k == "class_weight_sum" and isinstance(v, (list, tuple)):
+            names = [str(c) for c in (classes or range(len(v)))]
+            out.update({f"train/class_weight_sum/{n}": float(x) for n, x in zip(names, v)})
+        elif not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        elif k == "epoch":
+            out[k] = v
+        elif k.startswith("val_"):
+            out["val/" + k[4:]] = v
+        else:
+            out["train/" + (k[6:] if k.startswith("train_") else k)] = v
+    return out
 
 
 class RunLog:
@@ -106,35 +125,38 @@ class RunLog:
             log.warning("W&B logging failed, continuing without it: %s: %s", type(err).__name__, err)
             self.wandb = None
 
-    def epoch(self, record: dict, weights: torch.Tensor | None = None, class_sums=None, classes=None) -> None:
-        """One line in metrics.jsonl and the same scalars (plus weight histogram) in W&B.
-
-        ``class_sums``: the per-class weight sums of every epoch so far (a list per epoch; one list
-        is taken as this epoch alone), drawn as one line chart.
-        """
+    def epoch(self, record: dict, weights: torch.Tensor | None = None, classes=None) -> None:
+        """One line in metrics.jsonl and the same numbers in W&B under ``train/`` and ``val/`` (plus the
+        weight histogram); the per-class weight sums as one scalar per class and epoch (cheap: no table
+        re-sent every epoch)."""
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(_jsonable(record)) + "\n")
 
         def send(run):
             import wandb
 
-            data = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            data = wandb_metrics(record, classes)
             if weights is not None and weights.numel():
-                data["weights/hist"] = wandb.Histogram(weights.float().cpu().numpy())
-            if class_sums:
-                # one chart for all classes (one line each, over the epochs so far), not a key per class
-                hist = class_sums if isinstance(class_sums[0], (list, tuple)) else [class_sums]
-                first = int(record["epoch"]) - len(hist) + 1
-                names = [str(c) for c in (classes or range(len(hist[0])))]
-                data["class_weight_sums"] = wandb.plot.line_series(
-                    xs=list(range(first, first + len(hist))), ys=[list(c) for c in zip(*hist)], keys=names,
-                    title="per-class sum of training weights", xname="epoch")
+                data["train/weights"] = wandb.Histogram(weights.float().cpu().numpy())
             run.log(data)
             if record.get("best"):  # the validation checkpoint best.pt was taken from
                 run.summary.update({"best/val_robust": record.get("val_robust"), "best/epoch": record["epoch"],
                                     "best/val_clean": record.get("val_clean")})
 
         self._wandb_call(send)
+
+    def artifact(self, name: str, paths, kind: str = "model") -> None:
+        """Files (checkpoints) as one W&B artifact of this run (``logger.log_checkpoints``)."""
+        def send(run):
+            import wandb
+
+            art = wandb.Artifact(name, type=kind)
+            for p in paths:
+                art.add_file(str(p))
+            run.log_artifact(art)
+
+        if paths:
+            self._wandb_call(send)
 
     def summary(self, values: dict) -> None:
         self._wandb_call(lambda run: run.summary.update(_jsonable(values)))

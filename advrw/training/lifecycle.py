@@ -21,7 +21,7 @@ import torch
 
 from advrw.config import resume as resume_cfg
 from advrw.core import checkpoints as ckpt_io
-from advrw.core.errors import Interrupted, NonFiniteError, resume_command
+from advrw.core.errors import AdvrwError, Interrupted, NonFiniteError, resume_command
 from advrw.training import rundir
 from advrw.training.checkpointer import Checkpointer
 from advrw.training.finite import FiniteWatch, describe
@@ -69,6 +69,10 @@ class RunState:
                 rundir.refuse_occupied(run_dir)
             source = run_dir / "last.pt"
             log.info("continuing the interrupted run in %s (%s)", run_dir, resumed["interrupted"])
+        elif (run_dir / "metrics.jsonl").exists():  # killed inside its first save: nothing to continue
+            log.warning("%s holds records but no checkpoint (a run killed before its first save): starting again",
+                        run_dir)
+            rundir.trim_metrics(run_dir / "metrics.jsonl", run_dir / "metrics.jsonl", 0)
         state = cls(cfg, run_dir, resumed, source)
         if resumed is not None:
             resumed["path"] = str(source)
@@ -154,6 +158,19 @@ class RunState:
         if bad is not None:
             step, code = bad
             raise self._nonfinite(epoch, step + 1, describe(code))  # steps counted from 1, as in the signal line
+
+    def check_batches(self, n_train: int) -> None:
+        """A batch larger than the training set (known once the data is loaded, e.g. a full data set)."""
+        bs = int(self.cfg.schedule.batch_size)
+        if bs > n_train:
+            raise AdvrwError(f"schedule.batch_size={bs} is invalid: must be in 1..{n_train}, the training set's size")
+
+    def check_weights(self, epoch: int, record: dict) -> None:
+        """A whole epoch of zero weights trains nothing: one warning naming the scheme and its settings."""
+        if record["w_max"] == 0 and self.spec is not None and not record.get("burn_in"):
+            log.warning("weighting=%s %s gave every example weight 0 for all of epoch %d: the adversarial loss "
+                        "contributed nothing (check the scheme's hyperparameters)", self.spec.scheme,
+                        self.spec.scheme_hparams, epoch + 1)
 
     def is_best(self, metric: float | None) -> bool:
         return self.saver.is_best(metric)

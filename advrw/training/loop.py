@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from advrw.config.validation import validate_train
 from advrw.core import hardware
-from advrw.core.errors import Interrupted
-from advrw.core.files import check_writable, write_error, write_json
+from advrw.core.errors import CheckpointWriteError, Interrupted
+from advrw.core.files import check_writable, write_json
 from advrw.core.hardware import resolve_device, seed_everything
 from advrw.core.keys import RESUME_MUTABLE
 from advrw.data import DeviceBatches, build_data, subsets
@@ -25,7 +25,7 @@ from advrw.data.subsets import take
 from advrw.evaluation.runner import as_float, final_eval
 from advrw.evaluation.suite import predict, white_box
 from advrw.methods import ema as weight_avg
-from advrw.records.identity import hydra_swept, logger_settings
+from advrw.records.identity import hydra_campaign, hydra_swept, logger_settings, wandb_config
 from advrw.records.provenance import git_state, job_command, record_continuation
 from advrw.records.runlog import RunLog
 from advrw.training.build import build_model_for, optimizer_and_scheduler, per_iteration, step_spec
@@ -72,6 +72,7 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     data = build_data(cfg.dataset, device)
     eval_subset = subsets.eval_subset(data.test_y, cfg.eval)  # checked now, not after training
+    state.check_batches(len(data.train_y))
     model = build_model_for(cfg, data, device, runtime.channels_last)
     step_model = hardware.compile_model(model, runtime)  # checkpoints keep saving the eager `model`
     s = cfg.schedule
@@ -88,6 +89,7 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
     resumed = state.resumed
     if resumed is not None:  # the run's groups are the checkpoint's, except the ones a resume may change
         choices = {**resumed.get("choices", {}), **{k: v for k, v in choices.items() if k in RESUME_MUTABLE}}
+    campaign = hydra_campaign() or (resumed and (resumed.get("run_info") or {}).get("campaign"))
     git = git_state()
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
     source = resumed and Path(resumed["path"]).resolve().parent
@@ -97,16 +99,22 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
             "python": platform.python_version(), "device": str(device),
             "resumed_from": resumed and str(Path(resumed["path"]).resolve()), "start_epoch": state.start_epoch,
             "continues": str(source) if source and source != run_dir.resolve() else None,
-            "runtime": runtime.record(), "config": config}
+            "campaign": campaign, "runtime": runtime.record(), "config": config}
     state.attach(model, opt, sched, gen, data, config=config, choices=choices, info=info, spec=spec)
     write_json(run_dir / "run_info.json", info)
     if info["continues"]:  # lineage both ways: the continued run points here (advrw.report follows it)
         record_continuation(source, run_dir)
     logger_cfg, run_name = logger_settings(config["logger"], config, run_dir, "train",
-                                           resumed and resumed.get("wandb"), hydra_swept())
-    runlog = RunLog(run_dir, logger_cfg, {**config, "run_info": {k: v for k, v in info.items() if k != "config"}},
-                    name=run_name)
+                                           resumed and resumed.get("wandb"), hydra_swept(), campaign=campaign,
+                                           debug=choices.get("debug"))
+    runlog = RunLog(run_dir, logger_cfg, {**wandb_config(config), "campaign": campaign,
+                                          "run_info": {k: v for k, v in info.items() if k != "config"}}, name=run_name)
     state.extra["wandb"] = runlog.identity()  # a resume continues this W&B run
+    if choices.get("debug"):  # a quick check must never read as a result: say what it shrank
+        log.info("debug=%s: %s training images, %d epochs (burn-in %s), training attack %s steps, validation on "
+                 "%s images, eval=%s on %s test images: a pipeline check, not the preset's numbers",
+                 choices["debug"], cfg.dataset.get("n_train"), int(s.epochs), s.burn_in, cfg.attack.steps,
+                 cfg.validation.n if cfg.dataset.get("val_size") else 0, cfg.eval.name, cfg.eval.n_eval)
     log.info("run dir %s | %s + %s on %s/%s | device %s | git %s", run_dir, cfg.defense.name, cfg.weighting.name,
              cfg.dataset.name, cfg.model.name, device, info["git_commit"])
 
@@ -141,6 +149,7 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
         if not per_iteration(s):
             sched.step()
         record = sums.record(epoch, lr, burn_in)
+        state.check_weights(epoch, record)
         if runtime.compile and epoch == state.start_epoch:
             hardware.report_compile(info, run_dir / "run_info.json", record["epoch_time_s"])
         state.class_sums.append(record["class_weight_sum"])
@@ -151,7 +160,7 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
             if state.is_best(record["val_robust"]):
                 record["best"] = True
         runlog.epoch(record, weights=torch.cat(sums.ws) if cfg.logger.get("log_histograms", True) else None,
-                     class_sums=state.class_sums, classes=data.classes)
+                     classes=data.classes)
         log.info("epoch %d/%d%s loss %.4f adv-acc %.3f w %.3f±%.3f [%.3f, %.3f]%s lr %.4g %.1fs",
                  epoch + 1, s.epochs, " (burn-in)" if burn_in else "", record["train_loss"], record["train_adv_acc"],
                  record["w_mean"], record["w_std"], record["w_min"], record["w_max"],
@@ -174,10 +183,13 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
         if state.class_sums and cfg.eval.plots:
             class_weight_figure(state.class_sums, data.classes, run_dir / "figures" / "class_weight_sums.png")
         guard.check()
-    except Interrupted:
-        (run_dir / "results.json").unlink(missing_ok=True)  # not complete: a resume finishes it
+    except (Interrupted, CheckpointWriteError):  # a signal or a full disk: a resume finishes the evaluation
+        (run_dir / "results.json").unlink(missing_ok=True)  # and its figures (results.json marks it complete)
         raise
     guard.defer("W&B finishing", "finish")
+    if cfg.logger.get("log_checkpoints"):  # last.pt (and best.pt) as a W&B model artifact
+        runlog.artifact(f"model-{run_name}".replace("=", "_"), [p for p in (run_dir / "last.pt", run_dir / "best.pt")
+                                                              if p.exists()])
     runlog.finish()
     guard.check()
     return results
@@ -188,8 +200,7 @@ def class_weight_figure(sums: list, classes: list[str], path: Path) -> None:
         from advrw.evaluation import plots  # deferred: matplotlib, only when figures are made
 
         plots.plot_class_weight_sums(torch.tensor(sums), classes, path)
+    except CheckpointWriteError:  # disk full: one line naming the PNG, exit 4
+        raise
     except Exception as err:  # a figure must not lose the run (a signal is a BaseException: not caught)
-        write = write_error(err, path)
-        if write is not None:
-            raise write from None
         log.warning("class weight figure failed: %s", err)

@@ -194,6 +194,8 @@ def find_jobs(dirs: list[Path]) -> tuple[list[Job], list[Skipped]]:
         if not isinstance(config, dict):
             skipped.append(Skipped(head / ".hydra" / "config.yaml", "not a config mapping"))
             continue
+        if "ckpt" in config:  # an advrw.eval run (<run>/eval/...): its training run is the job
+            continue
         overrides = origin_overrides(head)
         res, why = _results(head / "results.json")
         if why:

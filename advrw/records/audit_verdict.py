@@ -1,0 +1,15 @@
+"""The audit verdict as one cell of text, for the report's ``audit`` column and W&B's summary.
+
+``results.json``'s ``audit`` block is written by ``advrw.evaluation.audit``; this reader sits in
+``records`` so the report (which must not import ``evaluation``) can show it.
+"""
+
+from __future__ import annotations
+
+
+def verdict_text(results: dict) -> str:
+    """``reliable``, ``flagged: <failed checks>``, or '' when no audit ran (best/last: last's)."""
+    a = results.get("audit")
+    if not a:
+        return ""
+    return a["verdict"] if not a["reasons"] else f"{a['verdict']}: {', '.join(a['reasons'])}"
