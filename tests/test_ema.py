@@ -94,12 +94,16 @@ def test_ema_rules(cfg_train, override, message):
 
 EMA_RUN = ["experiment=smoke", "ema=standard", "ema.evaluate=both", "ema.warmup=0.1", "dataset.n_train=256",
            "dataset.val_size=64", "eval.n_eval=32",
-           "eval.checkpoint=best", "weighting=vir", "minimizer=awp", "minimizer.warmup=0"]
+           "eval.checkpoint=best", "weighting=vir", "minimizer=awp", "minimizer.warmup=0",
+           # the rest of the recipe resumes exactly too: a per-iteration schedule, wd groups, clipping
+           "schedule.lr_schedule=warmup_cosine", "schedule.step_per=iteration", "schedule.warmup=1",
+           "schedule.wd_exclude=[bn,bias]", "schedule.clip_grad_norm=5"]
 
 
 @pytest.mark.slow  # three short CLI runs (full, interrupted, resumed)
 def test_ema_run_resumes_mid_epoch_bitwise_and_picks_best_on_the_ema(tmp_path):
-    """One averaging run (VIR + AWP: EMA composes with a scheme and the minimizer) interrupted mid-epoch
+    """One averaging run (VIR + AWP + warm-up cosine per iteration: EMA composes with a scheme, the
+    minimizer and the schedules) interrupted mid-epoch
     and resumed equals an uninterrupted one bit for bit, raw and EMA weights both; best.pt is the
     epoch with the best validation PGD accuracy *of the EMA weights*; both weights are scored."""
     from advrw.data import build_data
