@@ -170,7 +170,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         from advrw.config.precheck import remove_stray_run_dir  # deferred: torch (see main)
 
         print(f"advrw: error: {err}", file=sys.stderr)
-        remove_stray_run_dir(Path(HydraConfig.get().runtime.output_dir))
+        out = Path(HydraConfig.get().runtime.output_dir)
+        remove_stray_run_dir(out)
+        if out.parent.name == "eval" and not out.exists():  # <run>/eval/ made for this evaluation alone
+            try:
+                out.parent.rmdir()
+            except OSError:  # other evaluations live there
+                pass
         sys.exit(2)
     return results.get("worst_case", {}).get("robust_accuracy")
 
