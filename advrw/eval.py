@@ -93,7 +93,15 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from advrw.core.exits import guarded  # deferred: torch
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    results = guarded(lambda: run(cfg, run_dir), refused=lambda: remove_stray_run_dir(run_dir))
+
+    def refused() -> None:  # drop the run dir Hydra made, and <run>/eval/ if it was made for this one alone
+        remove_stray_run_dir(run_dir)
+        if run_dir.parent.name == "eval" and not run_dir.exists():
+            try:
+                run_dir.parent.rmdir()
+            except OSError:  # other evaluations live there
+                pass
+    results = guarded(lambda: run(cfg, run_dir), refused=refused)
     return results.get("worst_case", {}).get("robust_accuracy")
 
 

@@ -39,6 +39,8 @@ def test_eval_scores_the_whole_test_split_beside_its_run_and_debug_runs_stay_apa
     assert not (tmp_path / "outputs").exists()
     proc = cli("eval", f"ckpt={run}", "eval=quick", "eval.checkpoint=best", "logger=none", cwd=tmp_path)
     assert proc.returncode == 2 and "validation split" in proc.stderr and "eval.checkpoint=last" in proc.stderr
+    proc = cli("eval", f"ckpt={run}", "eval=quick", "logger=none", "eval.n_eval=1000", cwd=tmp_path)
+    assert proc.returncode == 2 and [p.name for p in (run / "eval").iterdir()] == [ev.name]  # no stray dir
     # the report of the dir sees one training job (the evaluation inside it is not a job of its own)
     md = ok(cli("report", str(tmp_path), "--no-plots", "--out", str(tmp_path / "rep"), cwd=tmp_path)).stdout
     assert [ln for ln in md.splitlines() if ln.startswith("| ")][1:][0].split("|")[2].strip() == "n=1"
