@@ -3,6 +3,8 @@ and column order, Best / Last columns. No training: jobs are composed, or faked 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -262,3 +264,32 @@ def test_report_latex_is_a_booktabs_table_with_the_papers_names(tmp_path, capsys
     # the Markdown table: bold best per column too
     assert main([str(tmp_path / "s"), "--no-plots", "--bold"]) == 0
     assert "**45.00 ± 0.00**" in capsys.readouterr().out
+
+
+def test_report_audit_column_summarises_every_seed(tmp_path, capsys):
+    """Issue 13: the report's audit column says reliable only when every audited seed passed."""
+    def audited(reasons):
+        res = _results(0.8, {"pgd20": 0.4})
+        res["audit"] = {"verdict": "flagged" if reasons else "reliable", "reasons": reasons, "n": 100, "checks": {}}
+        return res
+    for seed, reasons in enumerate([[], []]):  # VIR: both seeds pass
+        _job(tmp_path / "g" / f"v{seed}", ["weighting=vir", f"seed={seed}"], audited(reasons),
+             config_overrides=["experiment=smoke", "weighting=vir"])
+    for seed, reasons in enumerate([["loss_choice"], [], ["black_box", "loss_choice"]]):  # GAIRAT: 2 of 3 flagged
+        _job(tmp_path / "g" / f"g{seed}", ["weighting=gairat", f"seed={seed}"], audited(reasons),
+             config_overrides=["experiment=smoke", "weighting=gairat"])
+    assert main([str(tmp_path / "g"), "--no-plots"]) == 0
+    head, rows = _table(capsys.readouterr().out)
+    assert head[-1] == "Audit"
+    by_method = {r[0]: r[-1] for r in rows}
+    assert by_method == {"GAIRAT": "flagged 2/3: black_box, loss_choice", "VIR-AT": "reliable"}, by_method
+    assert main([str(tmp_path / "g"), "--no-plots", "--csv"]) == 0
+    table = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert table[0][-1] == "audit"
+    assert sorted(r[-1] for r in table[1:]) == ["flagged 2/3: black_box, loss_choice", "reliable"]
+    # without any audit block there is no column at all
+    _job(tmp_path / "plain" / "0", ["weighting=vir"], _results(0.8, {"pgd20": 0.4}),
+         config_overrides=["experiment=smoke", "weighting=vir"])
+    assert main([str(tmp_path / "plain"), "--no-plots"]) == 0
+    head, _ = _table(capsys.readouterr().out)
+    assert "Audit" not in head

@@ -1,4 +1,4 @@
-"""The audit verdict as one cell of text, for the report's ``audit`` column and W&B's summary.
+"""The audit verdict of one results.json as text (W&B summary, console); the report's column is `report.table.audit_cell`.
 
 ``results.json``'s ``audit`` block is written by ``advrw.evaluation.audit``; this reader sits in
 ``records`` so the report (which must not import ``evaluation``) can show it.

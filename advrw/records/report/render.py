@@ -59,16 +59,21 @@ def markdown(rows, shown, columns, common, failed, skipped: list[Skipped] = (), 
     def esc(s: str) -> str:
         return str(s).replace("|", "\\|")
 
-    head = header(shown, columns, found)
+    audited = any(r.audit for r in rows)
+    head = header(shown, columns, found) + (["Audit"] if audited else [])
     best = best_cells(rows, columns) if bold else set()
     lines = []
     if common:
         lines += [f"Common overrides: `{' '.join(common)}`", ""]
     lines += ["| " + " | ".join(esc(h) for h in head) + " |",
               "|" + "|".join("---" if i < len(shown or ["run"]) + 1 else "---:" for i in range(len(head))) + "|"]
-    lines += ["| " + " | ".join(esc(c) for c in row_cells(r, shown, columns, best, i)) + " |"
+    lines += ["| " + " | ".join(esc(c) for c in row_cells(r, shown, columns, best, i) + ([r.audit or "-"] if audited
+                                                                                        else [])) + " |"
               for i, r in enumerate(rows)]
     lines += ["", "Accuracy in %, mean ± std over seeds (n = seeds with results)."]
+    if audited:
+        lines += ["Audit: the gradient-masking audit of each seed (eval.audit; see README \"Is it robust?\"): "
+                  "`reliable` when every audited seed passed every check, else the failed checks."]
     if any(c.startswith(("best ", "last ")) for c in columns):
         lines += ["`best`: best.pt, the epoch with the highest PGD accuracy on the validation split (never the "
                   "test set); `last`: last.pt (eval.checkpoint=both scores both in one evaluation)."]
@@ -90,7 +95,8 @@ def csv_text(rows, shown, columns) -> str:
     head = [*shown, "n", "seeds"]
     for c in columns:
         head += [f"{c} mean", f"{c} std", f"{c} paper", f"{c} diff"]
-    w.writerow(head)
+    audited = any(r.audit for r in rows)
+    w.writerow(head + (["audit"] if audited else []))
     for r in rows:
         line = [r.label[k] for k in shown] + [r.n, " ".join(map(str, r.seeds))]
         for c in columns:
@@ -98,7 +104,7 @@ def csv_text(rows, shown, columns) -> str:
             line += ["" if mean is None else f"{mean:.4f}", "" if sd is None else f"{sd:.4f}",
                      "" if paper is None else f"{paper:.2f}",
                      "" if paper is None or mean is None else f"{mean - paper:+.4f}"]
-        w.writerow(line)
+        w.writerow(line + ([r.audit] if audited else []))
     return buf.getvalue()
 
 

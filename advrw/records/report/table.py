@@ -269,6 +269,7 @@ class Row:
     stats: dict  # column -> (mean, std or None, n, paper or None)
     paper_source: str | None = None
     config: dict = field(default_factory=dict)  # one job's config that ran (what the figures split by)
+    audit: str = ""  # the seeds' gradient-masking audit verdicts (eval.audit), '' when none ran
 
 
 def build_rows(groups: list[Group], varying: list[str]) -> tuple[list[Row], list[str], dict[str, tuple[str, str]]]:
@@ -312,6 +313,18 @@ def build_rows(groups: list[Group], varying: list[str]) -> tuple[list[Row], list
         if "method" in label_keys(varying):
             label = {"method": method_label(done[0].config), **label}
         rows.append(Row(label, len(done), seeds, stats, (paper or {}).get("source") if paper_vals else None,
-                        done[0].config))
+                        done[0].config, audit_cell([j.results for j in done])))
     return rows, columns, found
 
+
+def audit_cell(results: list[dict]) -> str:
+    """One row's audit column: ``reliable`` when every audited seed passed, else how many were flagged
+    and for what (the union of their failed checks); '' when no seed ran the audit."""
+    audited = [r["audit"] for r in results if r.get("audit")]
+    if not audited:
+        return ""
+    flagged = [a for a in audited if a.get("reasons")]
+    if not flagged:
+        return "reliable" + (f" ({len(audited)}/{len(results)} audited)" if len(audited) < len(results) else "")
+    reasons = sorted({reason for a in flagged for reason in a["reasons"]})
+    return f"flagged {len(flagged)}/{len(audited)}: {', '.join(reasons)}"
