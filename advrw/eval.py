@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from advrw.config import CONF_DIR
 from advrw.core.errors import AdvrwError
-from advrw.core.keys import hydra_only, override_key
+from advrw.config.entry import start
+from advrw.core.keys import override_key
 
 log = logging.getLogger("advrw.eval")
 
@@ -106,14 +107,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    if hydra_only(sys.argv[1:]):  # --help / tab completion: Hydra answers, nothing to check
-        _hydra_main()
-        return
-    from advrw.config.precheck import precheck  # deferred: torch (validation imports the attacks)
-    from advrw.core.exits import launch  # deferred: torch
-
-    precheck("eval", _validate_cli)
-    launch(_hydra_main)
+    start("eval", _hydra_main, _validate_cli)
 
 
 if __name__ == "__main__":

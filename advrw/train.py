@@ -7,7 +7,6 @@ composes ``conf/train.yaml``, :func:`advrw.training.loop.run` does the work, and
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -15,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from advrw.config import CONF_DIR
-from advrw.core.keys import hydra_only
+from advrw.config.entry import start
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
@@ -33,16 +32,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return next(iter(attacks.values()))["robust_accuracy"] if attacks else None
 
 
-def main() -> None:
-    if hydra_only(sys.argv[1:]):  # --help / tab completion: Hydra answers, nothing to check
-        _hydra_main()
-        return
-    from advrw.config.precheck import precheck  # deferred: torch (validation imports the attacks)
-    from advrw.config.validation import validate_train  # deferred: torch
-    from advrw.core.exits import launch  # deferred: torch
+def _validate(cfg: DictConfig) -> None:
+    from advrw.config.validation import validate_train  # deferred: torch (see _hydra_main)
 
-    precheck("train", validate_train)
-    launch(_hydra_main)
+    validate_train(cfg)
+
+
+def main() -> None:
+    start("train", _hydra_main, _validate)
 
 
 if __name__ == "__main__":

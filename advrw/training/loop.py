@@ -85,36 +85,9 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
     opt, sched = optimizer_and_scheduler(model, s, len(batches))  # per-iteration schedules count batches
     spec = step_spec(cfg, runtime)
     config = OmegaConf.to_container(cfg, resolve=True)
-    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
-    resumed = state.resumed
-    if resumed is not None:  # the run's groups are the checkpoint's, except the ones a resume may change
-        choices = {**resumed.get("choices", {}), **{k: v for k, v in choices.items() if k in RESUME_MUTABLE}}
-    campaign = hydra_campaign() or (resumed and (resumed.get("run_info") or {}).get("campaign"))
-    git = git_state()
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
-    source = resumed and Path(resumed["path"]).resolve().parent
-    info = {"seed": int(cfg.seed), "git_commit": git["commit"], "git_dirty": git["dirty"],
-            "git_diff_sha1": git["diff_sha1"], "command": job_command("advrw.train", overrides),
-            "launched_with": " ".join(sys.argv), "choices": choices, "torch": str(torch.__version__),
-            "python": platform.python_version(), "device": str(device),
-            "resumed_from": resumed and str(Path(resumed["path"]).resolve()), "start_epoch": state.start_epoch,
-            "continues": str(source) if source and source != run_dir.resolve() else None,
-            "campaign": campaign, "runtime": runtime.record(), "config": config}
+    info, choices, campaign = _run_info(state, cfg, run_dir, device, runtime, config)
     state.attach(model, opt, sched, gen, data, config=config, choices=choices, info=info, spec=spec)
-    write_json(run_dir / "run_info.json", info)
-    if info["continues"]:  # lineage both ways: the continued run points here (advrw.report follows it)
-        record_continuation(source, run_dir)
-    logger_cfg, run_name = logger_settings(config["logger"], config, run_dir, "train",
-                                           resumed and resumed.get("wandb"), hydra_swept(), campaign=campaign,
-                                           debug=choices.get("debug"))
-    runlog = RunLog(run_dir, logger_cfg, {**wandb_config(config), "campaign": campaign,
-                                          "run_info": {k: v for k, v in info.items() if k != "config"}}, name=run_name)
-    state.extra["wandb"] = runlog.identity()  # a resume continues this W&B run
-    if choices.get("debug"):  # a quick check must never read as a result: say what it shrank
-        log.info("debug=%s: %s training images, %d epochs (burn-in %s), training attack %s steps, validation on "
-                 "%s images, eval=%s on %s test images: a pipeline check, not the preset's numbers",
-                 choices["debug"], cfg.dataset.get("n_train"), int(s.epochs), s.burn_in, cfg.attack.steps,
-                 cfg.validation.n if cfg.dataset.get("val_size") else 0, cfg.eval.name, cfg.eval.n_eval)
+    runlog, run_name = _open_runlog(state, cfg, run_dir, config, info, choices, campaign)
     log.info("run dir %s | %s + %s on %s/%s | device %s | git %s", run_dir, cfg.defense.name, cfg.weighting.name,
              cfg.dataset.name, cfg.model.name, device, info["git_commit"])
 
@@ -161,11 +134,7 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
                 record["best"] = True
         runlog.epoch(record, weights=torch.cat(sums.ws) if cfg.logger.get("log_histograms", True) else None,
                      classes=data.classes)
-        log.info("epoch %d/%d%s loss %.4f adv-acc %.3f w %.3f±%.3f [%.3f, %.3f]%s lr %.4g %.1fs",
-                 epoch + 1, s.epochs, " (burn-in)" if burn_in else "", record["train_loss"], record["train_adv_acc"],
-                 record["w_mean"], record["w_std"], record["w_min"], record["w_max"],
-                 f" | val clean {record['val_clean']:.3f} PGD {record['val_robust']:.3f}" if "val_clean" in record else "",
-                 record["lr"], record["epoch_time_s"])
+        _log_epoch(record, epoch, int(s.epochs), burn_in)
         state.end_epoch(epoch, record.get("val_robust"))
     state.finished_training()
 
@@ -176,10 +145,65 @@ def _train_and_evaluate(state: RunState, run_dir: Path) -> dict:
         runlog.finish()
         state.guard.check()  # a signal meanwhile still ends with 75 (last.pt is saved)
         return {}
+    return _final_phase(state, cfg, model, data, run_dir, runlog, run_name, eval_subset, info["runtime"])
+
+
+def _run_info(state: RunState, cfg, run_dir: Path, device, runtime, config: dict) -> tuple[dict, dict, str | None]:
+    """run_info.json (the job's own command, git state, lineage, the resolved config), written now."""
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    resumed = state.resumed
+    if resumed is not None:  # the run's groups are the checkpoint's, except the ones a resume may change
+        choices = {**resumed.get("choices", {}), **{k: v for k, v in choices.items() if k in RESUME_MUTABLE}}
+    campaign = hydra_campaign() or (resumed and (resumed.get("run_info") or {}).get("campaign"))
+    git = git_state()
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
+    source = resumed and Path(resumed["path"]).resolve().parent
+    info = {"seed": int(cfg.seed), "git_commit": git["commit"], "git_dirty": git["dirty"],
+            "git_diff_sha1": git["diff_sha1"], "command": job_command("advrw.train", overrides),
+            "launched_with": " ".join(sys.argv), "choices": choices, "torch": str(torch.__version__),
+            "python": platform.python_version(), "device": str(device),
+            "resumed_from": resumed and str(Path(resumed["path"]).resolve()), "start_epoch": state.start_epoch,
+            "continues": str(source) if source and source != run_dir.resolve() else None,
+            "campaign": campaign, "runtime": runtime.record(), "config": config}
+    write_json(run_dir / "run_info.json", info)
+    if info["continues"]:  # lineage both ways: the continued run points here (advrw.report follows it)
+        record_continuation(source, run_dir)
+    return info, choices, campaign
+
+
+def _open_runlog(state: RunState, cfg, run_dir: Path, config: dict, info: dict, choices: dict, campaign):
+    """metrics.jsonl and W&B (a resume continues its W&B run); a debug run says what it shrank."""
+    s, resumed = cfg.schedule, state.resumed
+    logger_cfg, run_name = logger_settings(config["logger"], config, run_dir, "train",
+                                           resumed and resumed.get("wandb"), hydra_swept(), campaign=campaign,
+                                           debug=choices.get("debug"))
+    runlog = RunLog(run_dir, logger_cfg, {**wandb_config(config), "campaign": campaign,
+                                          "run_info": {k: v for k, v in info.items() if k != "config"}}, name=run_name)
+    state.extra["wandb"] = runlog.identity()  # a resume continues this W&B run
+    if choices.get("debug"):  # a quick check must never read as a result: say what it shrank
+        log.info("debug=%s: %s training images, %d epochs (burn-in %s), training attack %s steps, validation on "
+                 "%s images, eval=%s on %s test images: a pipeline check, not the preset's numbers",
+                 choices["debug"], cfg.dataset.get("n_train"), int(s.epochs), s.burn_in, cfg.attack.steps,
+                 cfg.validation.n if cfg.dataset.get("val_size") else 0, cfg.eval.name, cfg.eval.n_eval)
+    return runlog, run_name
+
+
+def _log_epoch(record: dict, epoch: int, epochs: int, burn_in: bool) -> None:
+    log.info("epoch %d/%d%s loss %.4f adv-acc %.3f w %.3f±%.3f [%.3f, %.3f]%s lr %.4g %.1fs",
+             epoch + 1, epochs, " (burn-in)" if burn_in else "", record["train_loss"], record["train_adv_acc"],
+             record["w_mean"], record["w_std"], record["w_min"], record["w_max"],
+             f" | val clean {record['val_clean']:.3f} PGD {record['val_robust']:.3f}" if "val_clean" in record else "",
+             record["lr"], record["epoch_time_s"])
+
+
+def _final_phase(state: RunState, cfg, model, data, run_dir: Path, runlog, run_name: str, eval_subset,
+                 runtime: dict) -> dict:
+    """The final evaluation, figures and W&B finishing: a signal stops after the current attack or
+    figure, and a resume redoes only what is missing."""
     guard = state.guard
-    try:  # a signal now stops after the current attack or figure; resume redoes what is missing
+    try:
         guard.defer("the final evaluation", "eval")
-        results = final_eval(cfg, model, data, run_dir, runlog, eval_subset, runtime=info["runtime"],
+        results = final_eval(cfg, model, data, run_dir, runlog, eval_subset, runtime=runtime,
                              between_attacks=guard.between_attacks)
         guard.defer("the figures", "figures")
         if state.class_sums and cfg.eval.plots:
