@@ -19,7 +19,8 @@ import torch
 from conftest import cli, ok, results
 
 COMMON = ["experiment=smoke", "dataset.n_train=320", "eval.n_eval=16"]
-PNGS = ("confusion_pgd20.png", "per_class_pgd20.png", "entropy_hist.png", "class_weight_sums.png")
+PNGS = tuple(f"figures/{p}" for p in ("confusion_pgd20.png", "per_class_pgd20.png", "entropy_hist.png",
+                                        "class_weight_sums.png"))  # every run figure lives in figures/
 
 
 def one_line(proc) -> str:
