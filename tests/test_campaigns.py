@@ -66,7 +66,9 @@ def test_debug_fast_fits_every_paper_preset():
         cfg = compose_config("train", f"experiment={name}", "debug=fast")
         validate_train(cfg)
         assert cfg.schedule.epochs == 2 and cfg.schedule.burn_in == min(cfg.weighting.burn_in, 1), name
-        assert cfg.eval.name == "quick" and cfg.eval.n_eval == 100 and cfg.dataset.n_train == 256
+        assert cfg.eval.name == "quick" and cfg.eval.n_eval == 100
+        assert cfg.dataset.n_train == max(256, cfg.schedule.batch_size), name  # at least one batch
+        assert cfg.minimizer.get("warmup", 0) < cfg.schedule.epochs, name  # AWP runs in the debug epochs
         assert cfg.attack.steps == 3 and cfg.attack.step * 3 >= cfg.attack.eps  # the shortened attack still reaches eps
         assert cfg.validation.n == (min(cfg.dataset.val_size, 100) if cfg.dataset.val_size else None)
     # a sweep preset's own eval= gives way to debug=fast

@@ -40,3 +40,5 @@ def register() -> None:
         OmegaConf.register_new_resolver("advrw_cap", lambda n, cap: min(int(n), int(cap)) if n else None)
     if not OmegaConf.has_resolver("advrw_min"):  # debug=fast: burn-in min(paper's, 1)
         OmegaConf.register_new_resolver("advrw_min", lambda *xs: min(xs))
+    if not OmegaConf.has_resolver("advrw_max"):  # debug=fast: a training subset of at least one batch
+        OmegaConf.register_new_resolver("advrw_max", lambda *xs: max(xs))
