@@ -82,7 +82,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(run_cli, tmp_path
 
 @pytest.mark.parametrize("args, expected", [
     (["weighting=foo"], "weighting=foo is unknown: choose one of ewat, gairat, mail, margin_exp, none, vir"),
-    (["model=wrn"], "model=wrn is unknown: choose one of preact_resnet18, resnet18, resnet50, smallcnn, tiny, wrn28_10, wrn32_10, wrn34_10"),
+    (["model=wrn"], "model=wrn is unknown: choose one of preact_resnet18, resnet18, resnet50, smallcnn, tiny, wrn28_10, wrn28_10_silu, wrn32_10, wrn34_10, wrn34_20_silu, wrn70_16_silu"),
     (["attack.epz=0.1"], "attack.epz is not a config key"),
     (["attack.eps=-0.1"], "attack.eps=-0.1 is invalid: must be > 0"),
     (["attack.eps=0"], "attack.eps=0 is invalid"),

@@ -92,7 +92,8 @@ def test_n_eval_on_an_imagefolder_scores_every_class(run_cli, tmp_path):
     root = class_ordered_tree(tmp_path / "set")
     run_dir = tmp_path / "run"
     ok(run_cli("train", "experiment=smoke", "dataset=imagefolder", f"dataset.root={root}", "dataset.n_train=null",
-               "dataset.val_size=8", "schedule.epochs=1", "schedule.burn_in=0", "schedule.milestones=[1]",
+               "dataset.val_size=8", "schedule.epochs=1", "schedule.batch_size=16", "schedule.burn_in=0",
+               "schedule.milestones=[1]",
                "eval.n_eval=8", "validation.n=4", f"hydra.run.dir={run_dir}"))
     res = results(run_dir)
     # the first 8 test images are all class c0; the stratified 8 are 2 of each class
