@@ -49,7 +49,7 @@ def test_final_eval_resumes_from_the_first_attack_not_done(cfg_train, tmp_path):
     strip = lambda r: {k: v for k, v in r.items() if k != "protocol"}  # noqa: E731 (paths differ)
     assert strip(resumed) == strip(straight)
     assert resumed["nonuniform"]["A_rob"] == pytest.approx(resumed["attacks"]["pgd20"]["robust_accuracy"])
-    pngs = sorted(p.name for p in dirs["straight"].glob("*.png"))
-    assert pngs and pngs == sorted(p.name for p in dirs["interrupted"].glob("*.png"))
+    pngs = sorted(p.name for p in (dirs["straight"] / "figures").glob("*.png"))  # a run's figures live in figures/
+    assert pngs and pngs == sorted(p.name for p in (dirs["interrupted"] / "figures").glob("*.png"))
     for png in pngs:
-        assert (dirs["interrupted"] / png).read_bytes() == (dirs["straight"] / png).read_bytes(), png
+        assert (dirs["interrupted"] / "figures" / png).read_bytes() == (dirs["straight"] / "figures" / png).read_bytes()
