@@ -90,7 +90,7 @@ def _validate_cli(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONF_DIR, config_name="eval", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    from advrw.config.precheck import remove_stray_run_dir  # deferred: torch (see run)
+    from advrw.core.files import remove_stray_run_dir  # deferred: torch (see run)
     from advrw.core.exits import guarded  # deferred: torch
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)

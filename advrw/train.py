@@ -21,7 +21,7 @@ from advrw.config.entry import start
 def _hydra_main(cfg: DictConfig) -> float | None:
     # deferred: torch and the training stack load only when a run starts, so --help and tab completion
     # (which import this module) answer in a fraction of a second
-    from advrw.config.precheck import remove_stray_run_dir  # deferred: torch (see above)
+    from advrw.core.files import remove_stray_run_dir  # deferred: torch (see above)
     from advrw.core.exits import guarded  # deferred: torch
     from advrw.training.loop import run  # deferred: torch
 

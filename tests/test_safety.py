@@ -256,6 +256,7 @@ def test_a_full_disk_in_the_final_evaluation_and_under_eval(full_run, tmp_path, 
     proc = cli("eval", f"ckpt={full_run}", "logger=none", "progress=false", f"hydra.run.dir={out}", cwd=tmp_path)
     assert proc.returncode == 4 and "no space left on device" in one_line(proc), proc.stderr[-3000:]
     assert not [p for p in out.rglob("*") if p.is_file() and (p.suffix == ".tmp" or p.stat().st_size == 0)]
+    assert not out.exists()  # Hydra could not write its .hydra/ files there: the dir made for nothing is gone
 
 
 @pytest.mark.slow

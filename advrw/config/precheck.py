@@ -297,33 +297,3 @@ def _groups_only(compose, config_name, job):
         return compose(config_name=config_name, overrides=picks)
     except Exception:
         return compose(config_name=config_name, overrides=[])
-
-
-def remove_stray_run_dir(run_dir: Path) -> None:
-    """After a refused run, remove the run dir Hydra made if it holds nothing but Hydra's own files.
-
-    Safety net for errors only knowable inside the job (e.g. ``eval.n_eval`` larger than the test
-    set); anything else in the dir (a checkpoint, results, a user's file) keeps it.
-    """
-    import shutil
-
-    hydra_files = {"config.yaml", "hydra.yaml", "overrides.yaml"}
-    try:
-        for e in run_dir.iterdir():
-            if e.name == ".hydra" and e.is_dir() and {p.name for p in e.iterdir()} <= hydra_files:
-                continue
-            if e.is_file() and e.suffix == ".log":
-                continue
-            return
-        shutil.rmtree(run_dir)
-        # and the date / sweep folders Hydra made for it, when nothing else is in them
-        outputs = (Path.cwd() / "outputs").resolve()
-        for parent in run_dir.resolve().parents:
-            if outputs not in parent.parents:  # only folders inside ./outputs, never outputs/ itself
-                break
-            left = [p.name for p in parent.iterdir()]
-            if left and left != ["multirun.yaml"]:
-                break
-            shutil.rmtree(parent)
-    except OSError:
-        pass

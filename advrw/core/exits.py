@@ -9,6 +9,7 @@ Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -17,7 +18,7 @@ from typing import Callable, TypeVar
 
 from advrw.core import checkpoints as ckpt_io
 from advrw.core.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, AdvrwError, RunStop, exit_code, resume_command, user_line
-from advrw.core.files import write_error
+from advrw.core.files import remove_stray_run_dir, write_error
 
 T = TypeVar("T")
 
@@ -67,6 +68,19 @@ def _stopped_jobs(sweep: Path) -> list[tuple[Path, str]]:
     return out
 
 
+def _drop_unwritten_job_dirs() -> None:
+    """Hydra could not write a job's ``.hydra/`` files: remove the job dir it had just made (found
+    through the job log's file handler) when nothing but Hydra's own files are in it, so a full
+    disk leaves no half-written config or empty log behind. A dir with a run in it is kept."""
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, logging.FileHandler):
+            run_dir = Path(handler.baseFilename).parent
+            if (run_dir / ".hydra").is_dir():
+                handler.close()
+                logging.getLogger().removeHandler(handler)
+                remove_stray_run_dir(run_dir)
+
+
 def launch(hydra_main: Callable[[], object]) -> None:
     """Run Hydra's main; a sweep whose launcher (submitit) reports stopped jobs gets one line per job,
     and a write Hydra itself makes (its .hydra/ files on a full disk) fails in one line, exit 4."""
@@ -78,6 +92,7 @@ def launch(hydra_main: Callable[[], object]) -> None:
         line = write_error(err)
         if line is None:
             raise
+        _drop_unwritten_job_dirs()
         _stop(user_line(line), exit_code(line))
     except Exception as err:
         if type(err).__name__ != "UncompletedJobError":  # submitit's, without importing submitit
