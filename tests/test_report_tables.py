@@ -34,7 +34,7 @@ def test_table_sweeps_expand_to_every_job(preset, extra, n):
 def test_table_sweeps_pass_precheck_and_score_the_tables_columns(monkeypatch, cfg_train):
     # composes and validates every method of each table (seed=0 on the command line: 8 + 4 jobs);
     # CIFAR-10's files are not here, so the file checks of the precheck are left out
-    monkeypatch.setattr("advrw.config.validation.preflight", lambda *a, **k: None)
+    monkeypatch.setattr("advrw.config.precheck.preflight", lambda *a, **k: None)
     precheck("train", validate_train, ["-m", "sweep=mail_table2", "seed=0"])
     precheck("train", validate_train, ["-m", "sweep=ewat_table2", "seed=0"])
     mail = preset_jobs("sweep=mail_table2")
@@ -68,7 +68,7 @@ def test_every_paper_block_is_one_table_with_our_attack_names(cfg_train):
     for path in sorted((Path(CONF_DIR) / "experiment").glob("*.yaml")):
         paper = cfg_train(f"experiment={path.stem}").get("paper")
         if paper:
-            assert paper.source.split()[0] in ("VIR", "MAIL", "EWAT", "Zeng"), path.stem
+            assert paper.source.split()[0] in ("VIR", "MAIL", "EWAT", "Zeng", "DM-Improves-AT"), path.stem
             assert set(paper.get("attacks") or {}) <= names, path.stem
     # EW-TRADES-AWP builds on the EW-TRADES preset but must not inherit its numbers
     assert cfg_train("experiment=ewat_trades_awp_cifar10").paper is None
