@@ -46,8 +46,8 @@ def test_eval_scores_the_whole_test_split_beside_its_run_and_debug_runs_stay_apa
     assert [ln for ln in md.splitlines() if ln.startswith("| ")][1:][0].split("|")[2].strip() == "n=1"
     # debug=fast: its own output root, a debug tag and a -debug name in W&B
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    ok(cli("train", *common, "debug=fast", "logger=wandb", "dataset.n_train=40", "dataset.n_test=20",
-           "eval.n_eval=20", cwd=tmp_path, env=env))
+    ok(cli("train", *common, "debug=fast", "logger=wandb", "dataset.n_train=40", "schedule.batch_size=20",
+           "dataset.n_test=20", "eval.n_eval=20", cwd=tmp_path, env=env))
     (dbg,) = (tmp_path / "outputs" / "debug").glob("*/*")
     rec, _, config = wandb_records(dbg)
     assert "debug" in rec.tags and rec.display_name.endswith("-debug")
