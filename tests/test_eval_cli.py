@@ -123,7 +123,7 @@ def test_audit_through_both_clis_with_the_wandb_logger(run_cli, tmp_path, traine
     assert a["checks"]["unbounded"]["threshold"] == 0.01 and set(a["checks"]["convergence"]["accuracy"]) == {"5", "20"}
     assert re.search(rf"audit +{a['verdict']}", proc.stdout + proc.stderr)
     _, summary, _ = wandb_records(out)
-    assert summary["eval/audit"].startswith(a["verdict"]) and summary["eval/audit_reliable"] == (a["verdict"] == "reliable")
+    assert summary["test/audit"].startswith(a["verdict"]) and summary["test/audit_reliable"] == (a["verdict"] == "reliable")
     run = tmp_path / "trained_audited"
     ok(run_cli("train", "experiment=smoke", "eval.audit=true", *AUDIT_SMALL, "schedule.epochs=1",
                "schedule.burn_in=0", f"hydra.run.dir={run}"))
