@@ -128,10 +128,12 @@ def test_report_markdown_groups_seeds(seeds_sweep, tmp_path):
         (broken / ".hydra" / f).write_text((sweep / "0" / ".hydra" / f).read_text())
     md = ok(cli("report", str(sweep), str(tmp_path / "broken"), "--out", str(tmp_path / "rep"), cwd=cwd)).stdout
     table = [ln for ln in md.splitlines() if ln.startswith("|")]
-    assert table[0].startswith("| weighting | seeds | clean | pgd20 (eps 8/255, 20 x 0.8/255) | worst case |")
+    # one column names the method as the papers do; the unfinished job's unresolved .hydra config
+    # (${mul:...}) compares equal to the finished jobs' resolved ones, so it adds no columns
+    assert table[0] == "| method | seeds | Clean | PGD-20 (eps 8/255, 20 x 0.8/255) | Worst case |"
     assert set(table[1].strip("|")) <= set("-:|")
     rows = table[2:]
-    assert [r.split("|")[1].strip() for r in rows] == ["none", "vir"]
+    assert [r.split("|")[1].strip() for r in rows] == ["AT", "VIR-AT"]
     for r in rows:
         cells = [c.strip() for c in r.strip("|").split("|")]
         assert len(cells) == len(table[0].strip("|").split("|"))
@@ -147,13 +149,17 @@ def test_report_csv_and_latex(seeds_sweep, tmp_path):
     cwd, sweep = seeds_sweep
     text = ok(cli("report", str(sweep), "--csv", "--out", str(tmp_path), cwd=cwd)).stdout
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert [r["weighting"] for r in rows] == ["none", "vir"] and {r["n"] for r in rows} == {"4"}
+    assert [r["method"] for r in rows] == ["AT", "VIR-AT"] and {r["n"] for r in rows} == {"4"}
     assert {r["seeds"] for r in rows} == {"0 1 2 3"}
     assert all(0 <= float(r["clean mean"]) <= 100 and float(r["clean std"]) >= 0 for r in rows)
     assert (tmp_path / "report.csv").read_text() == text
     tex = ok(cli("report", str(sweep), "--latex", "--out", str(tmp_path), cwd=cwd)).stdout
-    assert tex.startswith("\\begin{tabular}") and tex.count("\\pm") >= 2 and "$n=4$" in tex
-    assert tex.count("\\\\") == 3 and "pgd20 (eps 8/255" in tex
+    # a booktabs table: header and one row a method, the protocol and seed count in the caption
+    assert "\\usepackage{booktabs}" in tex.splitlines()[0] and "\\begin{tabular}{lrrr}" in tex
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    # \pm: the caption's, then 2 rows x 3 columns
+    assert tex.count("\\\\") == 3 and tex.count("\\pm") == 1 + 6 and "VIR-AT & $" in tex
+    assert "(n=4)" in tex and "PGD-20: eps 8/255, 20 x 0.8/255" in tex and "(\\%)" in tex
 
 
 @pytest.fixture(scope="module")

@@ -207,7 +207,10 @@ def _final_phase(state: RunState, cfg, model, data, run_dir: Path, runlog, run_n
                              between_attacks=guard.between_attacks)
         guard.defer("the figures", "figures")
         if state.class_sums and cfg.eval.plots:
-            class_weight_figure(state.class_sums, data.classes, run_dir / "figures" / "class_weight_sums.png")
+            figure = run_dir / "figures" / "class_weight_sums.png"
+            class_weight_figure(state.class_sums, data.classes, figure)
+            if figure.exists():
+                runlog.images([figure])
         guard.check()
     except (Interrupted, CheckpointWriteError):  # a signal or a full disk: a resume finishes the evaluation
         (run_dir / "results.json").unlink(missing_ok=True)  # and its figures (results.json marks it complete)

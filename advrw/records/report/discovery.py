@@ -14,7 +14,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+import advrw.config  # noqa: F401 -- registers the resolvers conf/ uses (${mul:...}), for _resolved
 
 from advrw.core.keys import override_key
 
@@ -41,6 +43,27 @@ class Skipped:
 
 def _load_yaml(path: Path):
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+_WHOLE = object()
+
+
+def _resolved(cfg, raw=_WHOLE, path: str = ""):
+    """A Hydra ``config.yaml`` resolved as the job resolved it (``${mul:${attack.eps},0.1}`` -> a
+    number), so a job that never wrote run_info compares with those that did; a value only the job
+    could resolve (``${hydra:...}``) stays as written."""
+    raw = OmegaConf.to_container(cfg, resolve=False) if raw is _WHOLE else raw
+    if isinstance(raw, dict):
+        return {k: _resolved(cfg, v, f"{path}.{k}" if path else str(k)) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_resolved(cfg, v, f"{path}.{i}") for i, v in enumerate(raw)]
+    if not (isinstance(raw, str) and "${" in raw):
+        return raw
+    try:
+        value = OmegaConf.select(cfg, path, throw_on_resolution_failure=True)
+    except Exception:  # noqa: BLE001 -- an interpolation that needs the job's Hydra context
+        return raw
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 def _read_json(path: Path):
@@ -112,7 +135,7 @@ def ran_config(job_dir: Path) -> dict:
                         return saved["config"]
                 except Exception as err:  # noqa: BLE001 -- an unreadable checkpoint: fall back to Hydra's copy
                     log.warning("report: cannot read the config of %s: %s", job_dir / name, err)
-    return _load_yaml(job_dir / ".hydra" / "config.yaml")
+    return _resolved(OmegaConf.load(job_dir / ".hydra" / "config.yaml"))
 
 
 def _status(job_dir: Path, config: dict) -> str:
