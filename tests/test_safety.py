@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -116,17 +117,29 @@ def test_a_signal_in_a_deferred_phase_is_never_swallowed(tmp_path):
                 pass
 
 
-def test_sigterm_during_the_figures_then_resume_gives_identical_results(full_run, tmp_path):
+@pytest.mark.parametrize("phase, said", [("eval", "the final evaluation"), ("figures", "the figures"),
+                                         ("finish", "W&B finishing")])
+def test_sigterm_in_each_final_phase_then_resume_gives_identical_results(full_run, tmp_path, phase, said):
+    """SIGTERM as the final evaluation, the figures or W&B finishing begins: exit 75 with the resume
+    command; the resume (or, after finishing, the run itself) has the uninterrupted run's results and
+    byte-identical figures."""
     part = tmp_path / "part"
-    proc = cli("train", *COMMON, f"hydra.run.dir={part}", cwd=tmp_path, env={"ADVRW_FAULT_SIGNAL": "SIGTERM@figures"})
+    proc = cli("train", *COMMON, f"hydra.run.dir={part}", cwd=tmp_path, env={"ADVRW_FAULT_SIGNAL": f"SIGTERM@{phase}"})
     assert proc.returncode == 75, proc.stderr[-3000:]
-    assert "SIGTERM during the figures" in one_line(proc) and f"resume={part}" in one_line(proc)
-    assert not (part / "results.json").exists()  # not complete: the resume finishes it
-    res = tmp_path / "res"
-    ok(cli("train", f"resume={part}", f"hydra.run.dir={res}", cwd=tmp_path))
+    assert f"SIGTERM during {said}" in one_line(proc) and f"resume={part}" in one_line(proc)
+    if phase == "finish":  # the evaluation and figures were complete: nothing is left to redo
+        assert (part / "results.json").exists()
+        res = part
+        assert "is complete" in ok(cli("train", f"resume={part}", f"hydra.run.dir={tmp_path / 'res'}",
+                                       cwd=tmp_path)).stdout
+    else:
+        assert not (part / "results.json").exists()  # not complete: the resume finishes it
+        res = tmp_path / "res"
+        ok(cli("train", f"resume={part}", f"hydra.run.dir={res}", cwd=tmp_path))
     a, b = results(res), results(full_run)
-    assert a["clean"] == b["clean"] and a["attacks"]["pgd20"]["robust_accuracy"] == b["attacks"]["pgd20"]["robust_accuracy"]
-    assert all((res / p).stat().st_size > 0 for p in PNGS)
+    assert a["clean"] == b["clean"] and a["attacks"] == b["attacks"] and a["worst_case"] == b["worst_case"]
+    for png in PNGS:
+        assert (res / png).read_bytes() == (full_run / png).read_bytes(), png
 
 
 def test_second_signal_before_any_checkpoint_says_so(tmp_path):
@@ -205,7 +218,7 @@ def test_five_simultaneous_launches_into_one_dir_run_once(tmp_path):
 
 def test_a_stale_lock_is_reported_and_taken_over(tmp_path, caplog):
     from advrw.core.errors import AdvrwError
-    from advrw.training.rundir import RunLock
+    from advrw.core.lock import RunLock
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -215,6 +228,25 @@ def test_a_stale_lock_is_reported_and_taken_over(tmp_path, caplog):
         with pytest.raises(AdvrwError, match=f"in use by a running advrw process \\(pid {os.getpid()}"):
             RunLock(tmp_path).__enter__()
     assert not (tmp_path / "run.lock").exists()
+
+
+def test_a_dir_in_use_refuses_train_and_eval_before_hydra_writes(full_run, tmp_path):
+    """A live run's dir (its lock held, here by this process): a training or an evaluation pointed at
+    it is refused in one line naming the pid, and the run's .hydra/ files are left as they were."""
+    from advrw.core.lock import RunLock
+
+    busy = tmp_path / "busy"
+    shutil.copytree(full_run, busy)
+    before = {p.name: p.read_bytes() for p in (busy / ".hydra").iterdir()}
+    with RunLock(busy):
+        for args in (["train", *COMMON], ["eval", f"ckpt={full_run}", "eval=quick", "logger=none"]):
+            proc = cli(*args, f"hydra.run.dir={busy}", cwd=tmp_path)
+            assert proc.returncode == 2, proc.stderr[-2000:]
+            assert f"in use by a running advrw process (pid {os.getpid()}" in one_line(proc)
+        assert {p.name: p.read_bytes() for p in (busy / ".hydra").iterdir()} == before
+    # free again: an evaluation into its own dir takes and drops the same lock
+    ok(cli("eval", f"ckpt={full_run}", "eval=quick", "logger=none", f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path))
+    assert (tmp_path / "e" / "results.json").exists() and not (tmp_path / "e" / "run.lock").exists()
 
 
 def test_a_kill_inside_the_first_save_then_rerun_in_place(tmp_path):

@@ -20,6 +20,7 @@ from advrw.core.errors import AdvrwError
 from advrw.config import resume as resume_cfg
 from advrw.config.validation import preflight
 from advrw.core.keys import HYDRA_ONLY_FLAGS, override_key
+from advrw.core.lock import check_free
 from advrw.core.rules import suggest
 
 MAX_JOBS = 256
@@ -116,6 +117,10 @@ def check_output_dir(overrides: list[str], multirun: bool, resume: str | None) -
     if not os.access(probe, os.W_OK) or (probe.exists() and not probe.is_dir()):
         fail(f"output dir {str(target)!r} is not writable: pick another hydra.{'sweep' if multirun else 'run'}.dir")
     if explicit and not multirun and target.is_dir():
+        try:  # a live run there: refused before Hydra writes its .hydra/ files over the run's
+            check_free(target)
+        except AdvrwError as err:
+            fail(str(err))
         found = [m for m in RUN_MARKERS if (target / m).exists()]
         # records without a checkpoint: a run killed inside its first save, started again in place
         if found and found != ["metrics.jsonl"] and not (resume and Path(resume).resolve() in (target.resolve(), (target / "last.pt").resolve())):

@@ -27,6 +27,7 @@ from advrw.core import checkpoints as ckpt_io
 from advrw.core import hardware
 from advrw.core.errors import AdvrwError
 from advrw.core.files import jsonable, write_json
+from advrw.core.lock import RunLock
 from advrw.data import build_data, subsets
 from advrw.evaluation import bestlast
 from advrw.evaluation.results import write_report
@@ -181,7 +182,13 @@ def final_eval(cfg, model, data, run_dir: Path, runlog: RunLog, subset: tuple, r
 
 def eval_checkpoint(cfg, path: Path, obj: dict, run_dir: Path, overrides: list[str]) -> dict:
     """``advrw.eval``: build the data and model ``cfg`` names, load ``obj`` (read from ``path``) and
-    score it (best and last with ``eval.checkpoint=both``)."""
+    score it (best and last with ``eval.checkpoint=both``), holding the run dir's lock as training does
+    (two evaluations given the same ``hydra.run.dir`` would interleave their records)."""
+    with RunLock(run_dir):
+        return _eval_locked(cfg, path, obj, run_dir, overrides)
+
+
+def _eval_locked(cfg, path: Path, obj: dict, run_dir: Path, overrides: list[str]) -> dict:
     both = cfg.eval.checkpoint == "both"
     device = hardware.resolve_device(cfg.device)
     hardware.seed_everything(int(cfg.eval.seed), False)

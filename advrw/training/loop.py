@@ -30,7 +30,7 @@ from advrw.records.provenance import git_state, job_command, record_continuation
 from advrw.records.runlog import RunLog
 from advrw.training.build import build_model_for, optimizer_and_scheduler, per_iteration, step_spec
 from advrw.training.lifecycle import RunState
-from advrw.training.rundir import RunLock
+from advrw.core.lock import RunLock
 from advrw.training.step import train_step
 
 log = logging.getLogger("advrw.train")

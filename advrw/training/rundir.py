@@ -1,15 +1,11 @@
-"""The run dir: one run at a time (an exclusive lock), and what a resumed run finds or carries there.
+"""What a resumed run finds or carries in its run dir (one run at a time: :class:`advrw.core.lock.RunLock`).
 
-:class:`RunLock` is taken before the run writes anything: ``fcntl.flock`` on ``run.lock`` is atomic
-and the kernel drops it when the process dies, so a lock file whose pid is gone is reported as
-stale and taken over; a live one refuses the launch in one line. :func:`prepare` removes temp files
-of killed saves and gives a resumed run's new dir its checkpoints and records up to the checkpoint.
+:func:`prepare` removes temp files of killed saves and gives a resumed run's new dir its checkpoints
+and records up to the checkpoint.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -24,56 +20,6 @@ from advrw.core.files import describe_os_error
 from advrw.core.keys import REQUEUE_MUTABLE, without
 
 log = logging.getLogger("advrw.training.rundir")
-
-LOCK_NAME = "run.lock"
-
-
-class RunLock:
-    """``with RunLock(run_dir):`` -- this process is the only run in ``run_dir`` until the block ends."""
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK_NAME
-        self.fd: int | None = None
-
-    def __enter__(self) -> "RunLock":
-        while True:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except PermissionError:
-                raise AdvrwError(f"output dir {str(self.path.parent)!r} is not writable: pick another "
-                                 "hydra.run.dir") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-                os.close(fd)
-                raise AdvrwError(f"{self.path.parent} is in use by a running advrw process (pid {holder}, "
-                                 f"{self.path}): wait for it or choose another hydra.run.dir") from None
-            try:  # the file we locked may have been released and removed meanwhile: lock the new one
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        old = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        if old.isdigit() and int(old) != os.getpid():
-            log.warning("%s was left by pid %s, which is no longer running (stale lock): taking it over",
-                        self.path, old)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is None:
-            return
-        with contextlib.suppress(OSError):
-            self.path.unlink()  # before the unlock: a waiting launch then re-opens the path (see above)
-        os.close(self.fd)
-        self.fd = None
-
 
 def interrupted_here(cfg, run_dir: Path) -> dict | None:
     """A requeued job (same command, same dir): continue only from a signal checkpoint of this config."""

@@ -16,8 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-import advrw.config  # noqa: F401 -- registers the resolvers conf/ uses (${mul:...}), for _resolved
-
+from advrw.config import resolvers
 from advrw.core.keys import override_key
 
 log = logging.getLogger("advrw.report")
@@ -52,7 +51,9 @@ def _resolved(cfg, raw=_WHOLE, path: str = ""):
     """A Hydra ``config.yaml`` resolved as the job resolved it (``${mul:${attack.eps},0.1}`` -> a
     number), so a job that never wrote run_info compares with those that did; a value only the job
     could resolve (``${hydra:...}``) stays as written."""
-    raw = OmegaConf.to_container(cfg, resolve=False) if raw is _WHOLE else raw
+    if raw is _WHOLE:
+        resolvers.register()  # the resolvers conf/ uses (${mul:...})
+        raw = OmegaConf.to_container(cfg, resolve=False)
     if isinstance(raw, dict):
         return {k: _resolved(cfg, v, f"{path}.{k}" if path else str(k)) for k, v in raw.items()}
     if isinstance(raw, list):
