@@ -181,9 +181,10 @@ def _open_runlog(state: RunState, cfg, run_dir: Path, config: dict, info: dict, 
                                           "run_info": {k: v for k, v in info.items() if k != "config"}}, name=run_name)
     state.extra["wandb"] = runlog.identity()  # a resume continues this W&B run
     if choices.get("debug"):  # a quick check must never read as a result: say what it shrank
-        log.info("debug=%s: %s training images, %d epochs (burn-in %s), training attack %s steps, validation on "
+        awp = f", AWP warm-up {cfg.minimizer.warmup}" if cfg.minimizer.name == "awp" else ""
+        log.info("debug=%s: %s training images, %d epochs (burn-in %s%s), training attack %s steps, validation on "
                  "%s images, eval=%s on %s test images: a pipeline check, not the preset's numbers",
-                 choices["debug"], cfg.dataset.get("n_train"), int(s.epochs), s.burn_in, cfg.attack.steps,
+                 choices["debug"], cfg.dataset.get("n_train"), int(s.epochs), s.burn_in, awp, cfg.attack.steps,
                  cfg.validation.n if cfg.dataset.get("val_size") else 0, cfg.eval.name, cfg.eval.n_eval)
     return runlog, run_name
 
