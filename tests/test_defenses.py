@@ -75,6 +75,23 @@ def test_kl_per_example_hand():
     assert torch.allclose(kl_per_example(t(Z_NAT), t(Z_NAT)), torch.zeros(3), atol=1e-6)
 
 
+@pytest.mark.parametrize("defense", ["trades", "mart"])
+def test_a_saturated_natural_softmax_keeps_the_gradient_finite(defense):
+    """A natural probability that underflows to exactly 0 (logit gap 200: seen after one lr-0.1 step of
+    wang2023's one-cycle under debug=fast): the authors' kl_div(log p', softmax(z)) form has a nan
+    gradient there; ours has the same loss value and a finite gradient."""
+    z_nat = torch.tensor([[0.0, 200.0, -5.0], [1.0, 2.0, 3.0]], requires_grad=True)
+    z_adv = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 1.0]], requires_grad=True)
+    y = torch.tensor([1, 2])
+    assert F.softmax(z_nat, 1)[0, 0] == 0  # the underflow this is about
+    authors = F.kl_div(F.log_softmax(z_adv, 1), F.softmax(z_nat, 1), reduction="none").sum(1)
+    torch.testing.assert_close(kl_per_example(z_nat, z_adv), authors)
+    loss, _ = defense_loss(defense, z_nat, z_adv, y, torch.ones(2))
+    loss.backward()
+    assert torch.isfinite(z_nat.grad).all() and torch.isfinite(z_adv.grad).all()
+    assert z_nat.grad[1].abs().sum() > 0  # the unsaturated example still trains
+
+
 def test_mart_bce_hand():
     got = mart_bce(t(Z_ADV), ty(Y))
     torch.testing.assert_close(got, torch.tensor([bce(r, c) for r, c in zip(Z_ADV, Y)]))

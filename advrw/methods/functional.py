@@ -29,12 +29,17 @@ def prob_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def kl_per_example(z_nat: torch.Tensor, z_adv: torch.Tensor, detach_nat: bool = False,
                    eps: float = 0.0) -> torch.Tensor:
-    """``KL(p(x) || p(x'))`` per example; ``eps`` inside the log as MART's code (1e-12)."""
-    p_nat = probs(z_nat)
+    """``KL(p(x) || p(x'))`` per example; ``eps`` inside the log as MART's code (1e-12).
+
+    The natural side enters as log-probabilities (``log_target``): the same value as the authors'
+    ``kl_div(log p(x'), softmax(z))``, but where a natural probability underflows to exactly 0 (a
+    logit gap over ~100, e.g. after an early large-lr step) that form's gradient is ``0 * -inf = nan``
+    and poisons every weight; this one stays finite."""
+    log_p_nat = F.log_softmax(z_nat.float(), dim=1)
     if detach_nat:
-        p_nat = p_nat.detach()
+        log_p_nat = log_p_nat.detach()
     log_p_adv = torch.log(probs(z_adv) + eps) if eps else F.log_softmax(z_adv.float(), dim=1)
-    return F.kl_div(log_p_adv, p_nat, reduction="none").sum(dim=1)
+    return F.kl_div(log_p_adv, log_p_nat, reduction="none", log_target=True).sum(dim=1)
 
 
 def entropy(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
