@@ -19,6 +19,7 @@ from advrw.core.errors import CheckpointWriteError, Interrupted
 from advrw.core.files import check_writable, write_json
 from advrw.core.hardware import resolve_device, seed_everything
 from advrw.core.keys import RESUME_MUTABLE
+from advrw.core.lock import RunLock
 from advrw.data import DeviceBatches, build_data, subsets
 from advrw.data.mixed import mixed_batches
 from advrw.data.subsets import take
@@ -30,7 +31,6 @@ from advrw.records.provenance import git_state, job_command, record_continuation
 from advrw.records.runlog import RunLog
 from advrw.training.build import build_model_for, optimizer_and_scheduler, per_iteration, step_spec
 from advrw.training.lifecycle import RunState
-from advrw.core.lock import RunLock
 from advrw.training.step import train_step
 
 log = logging.getLogger("advrw.train")
