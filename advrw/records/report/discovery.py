@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from advrw.config import resolvers
 from advrw.core.keys import override_key
@@ -44,27 +44,16 @@ def _load_yaml(path: Path):
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
 
 
-_WHOLE = object()
-
-
-def _resolved(cfg, raw=_WHOLE, path: str = ""):
+def _resolved(cfg) -> dict:
     """A Hydra ``config.yaml`` resolved as the job resolved it (``${mul:${attack.eps},0.1}`` -> a
-    number), so a job that never wrote run_info compares with those that did; a value only the job
-    could resolve (``${hydra:...}``) stays as written."""
-    if raw is _WHOLE:
-        resolvers.register()  # the resolvers conf/ uses (${mul:...})
-        raw = OmegaConf.to_container(cfg, resolve=False)
-    if isinstance(raw, dict):
-        return {k: _resolved(cfg, v, f"{path}.{k}" if path else str(k)) for k, v in raw.items()}
-    if isinstance(raw, list):
-        return [_resolved(cfg, v, f"{path}.{i}") for i, v in enumerate(raw)]
-    if not (isinstance(raw, str) and "${" in raw):
-        return raw
+    number), so a job that never wrote run_info compares with those that did. A job's config has no
+    ``hydra`` node and advrw's resolvers are registered here, so it resolves; a foreign one that does
+    not is compared as written."""
+    resolvers.register()
     try:
-        value = OmegaConf.select(cfg, path, throw_on_resolution_failure=True)
-    except Exception:  # noqa: BLE001 -- an interpolation that needs the job's Hydra context
-        return raw
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 -- an interpolation only its own job could resolve
+        return OmegaConf.to_container(cfg, resolve=False)
 
 
 def _read_json(path: Path):
